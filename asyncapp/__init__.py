@@ -1,0 +1,52 @@
+"""asyncapp: periodic I/O-bound async jobs inside a Flask app.
+
+Flask served through asgiref under Hypercorn, with APScheduler's
+AsyncIOScheduler on the server loop running ``async def`` jobs::
+
+    from asyncapp import task, http_client
+
+    @task("interval", minutes=5, id="poll")
+    async def poll() -> None:
+        await http_client().get("https://example.org/")
+
+Serve with ``hypercorn -c hypercorn.toml asyncapp.asgi:app``.
+"""
+
+from __future__ import annotations
+
+from .app import AsyncApp, create_app
+from .errors import (
+    AsyncAppError,
+    InvalidJob,
+    JobBusy,
+    JobExists,
+    JobNotFound,
+    NotRunning,
+    SettingsError,
+    UnknownFunction,
+)
+from .execution import RunContext, current_run
+from .http import http_client
+from .settings import Settings
+from .tasks import task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncApp",
+    "AsyncAppError",
+    "InvalidJob",
+    "JobBusy",
+    "JobExists",
+    "JobNotFound",
+    "NotRunning",
+    "RunContext",
+    "Settings",
+    "SettingsError",
+    "UnknownFunction",
+    "__version__",
+    "create_app",
+    "current_run",
+    "http_client",
+    "task",
+]

@@ -1,0 +1,157 @@
+"""``create_app`` and the Flask extension that attaches asyncapp to any Flask app.
+
+Teams with an app of their own write ``AsyncApp(app)`` (or ``ext.init_app(app)``)
+and serve ``asyncapp.asgi.to_asgi(app)``; ``create_app`` does exactly that on a
+fresh Flask app.  The extension reads settings (environment, overridden by
+``ASYNCAPP_*`` keys of the Flask config), owns the :class:`Runtime`, adds
+``/healthz`` and ``/readyz``, the management API and the ``flask jobs`` CLI.
+Jobs run inside the app's application context, so ``flask.current_app`` works
+in them as in views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from flask import Blueprint, Flask, jsonify
+from sqlalchemy import text
+
+from .errors import NotRunning
+from .runtime import Runtime
+from .service import JobService
+from .settings import Settings, load_settings
+
+log = logging.getLogger("asyncapp")
+
+#: Endpoints that answer without a token: liveness and readiness probes.
+OPEN_ENDPOINTS = frozenset({"asyncapp_health.healthz", "asyncapp_health.readyz"})
+READY_TIMEOUT = 2.0
+
+
+class AsyncApp:
+    """asyncapp as a Flask extension, one per app: ``AsyncApp(app)`` or ``init_app``."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self.app: Flask | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Attach to ``app``.
+
+        :raises SettingsError: if a setting is invalid (naming the variable).
+        :raises RuntimeError: if this extension is already attached to another app.
+        """
+        if self.app is not None and self.app is not app:
+            raise RuntimeError("an AsyncApp serves one Flask app; create one per app")
+        self.app = app
+        self.settings: Settings = load_settings(app.config)
+        self.runtime = Runtime(self.settings, run_context=app.app_context)
+        app.extensions["asyncapp"] = self
+        app.register_blueprint(_health_blueprint())
+        _configure_logging(self.settings.log_level)
+
+        from .api import init_api
+        from .cli import init_cli
+
+        init_api(app, self)
+        init_cli(app)
+
+    async def start(self) -> None:
+        """Start the runtime on the running loop (the ASGI lifespan calls this)."""
+        await self.runtime.start()
+
+    async def stop(self) -> None:
+        await self.runtime.stop()
+
+    def service(self) -> JobService:
+        """The job service of the running app. :raises NotRunning: when not started."""
+        if not self.runtime.started:
+            raise NotRunning("the job service")
+        return JobService(self.runtime)
+
+    @asynccontextmanager
+    async def offline_service(self) -> AsyncIterator[JobService]:
+        """A job service over the database that never fires on schedule (for the CLI).
+
+        Changes reach a running server through the database within
+        ``ASYNCAPP_SYNC_INTERVAL``; jobs it runs now run in this process, and
+        leaving the block waits for them.
+        """
+        assert self.app is not None
+        runtime = Runtime(self.settings, run_context=self.app.app_context, fire=False)
+        await runtime.start()
+        try:
+            yield JobService(runtime)
+        finally:
+            await runtime.stop(grace=3600)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The ready app: Flask with asyncapp attached; add your routes and blueprints to it.
+
+    ``config`` entries go to ``app.config``; ``ASYNCAPP_*`` keys override the environment.
+
+    :raises SettingsError: if a setting is invalid.
+    """
+    app = Flask("asyncapp", static_folder=None)
+    app.config.update(config or {})
+    AsyncApp(app)
+    return app
+
+
+def _health_blueprint() -> Blueprint:
+    health = Blueprint("asyncapp_health", __name__)
+
+    @health.get("/healthz")
+    async def healthz() -> Any:
+        """Liveness: the process answers; says what the scheduler is doing."""
+        runtime = _ext().runtime
+        if runtime.started:
+            scheduler = JobService(runtime).scheduler_info()
+        else:
+            scheduler = {"state": "stopped", "running": False}
+        return jsonify(status="ok", node=runtime.settings.node_name, scheduler=scheduler)
+
+    @health.get("/readyz")
+    async def readyz() -> Any:
+        """Readiness: the database answers and the scheduler runs; 503 otherwise."""
+        runtime = _ext().runtime
+        problems = []
+        if not runtime.started:
+            problems.append("asyncapp is not started")
+        else:
+            if not runtime.scheduler.running:
+                problems.append("the scheduler is not running")
+            try:
+                await asyncio.wait_for(runtime.db.run(_ping, runtime.db), READY_TIMEOUT)
+            except Exception:
+                log.warning("readiness check: the database did not answer", exc_info=True)
+                problems.append("the database is not reachable")
+        status = 503 if problems else 200
+        return jsonify(ready=not problems, problems=problems), status
+
+    return health
+
+
+def _ping(db: Any) -> None:
+    db.transaction(lambda conn: conn.execute(text("SELECT 1")))
+
+
+def _ext() -> AsyncApp:
+    from flask import current_app
+
+    return current_app.extensions["asyncapp"]  # type: ignore[no-any-return]
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("asyncapp")
+    logger.setLevel(level)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)

@@ -1,0 +1,182 @@
+"""Settings: one typed object built from ``ASYNCAPP_*`` environment variables.
+
+Values given to ``create_app(config)`` or found in the Flask config under the same
+``ASYNCAPP_*`` names override the environment.  Every value is cast and checked
+once, at startup; a bad value raises :class:`~asyncapp.errors.SettingsError`
+naming the variable, so a typo stops the server instead of surfacing at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import SettingsError
+
+ENV_PREFIX = "ASYNCAPP_"
+SUPPORTED_DATABASES = ("sqlite", "postgresql")
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def default_database_url() -> str:
+    """A SQLite file under ``./instance/`` of the working directory."""
+    return f"sqlite:///{Path('instance').resolve() / 'asyncapp.db'}"
+
+
+class Settings(BaseSettings):
+    """asyncapp's configuration; field ``x`` is read from ``ASYNCAPP_X``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    database_url: str = Field(
+        default_factory=default_database_url,
+        description="SQLAlchemy URL of the job store and run history.",
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token required by the management API."
+    )
+    job_modules: CommaList = Field(
+        default=["asyncapp.examples"],
+        description="Comma-separated modules imported at startup to register @task functions.",
+    )
+    timezone: str = Field(default="UTC", description="Scheduler time zone (IANA name).")
+    api_prefix: str = Field(default="/scheduler", description="URL prefix of the management API.")
+    shutdown_grace: float = Field(
+        default=20.0,
+        ge=0,
+        description="Seconds running jobs may finish after shutdown begins; then they are "
+        "cancelled and recorded as interrupted. Keep below Hypercorn's shutdown_timeout.",
+    )
+    worker_threads: int = Field(
+        default=128, ge=1, description="Threads serving Flask requests concurrently."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1, description="Largest request body accepted; larger gets 413."
+    )
+    misfire_grace_time: int = Field(
+        default=60,
+        ge=1,
+        description="Default seconds a run may start late before it is recorded as missed.",
+    )
+    coalesce: bool = Field(
+        default=True, description="Default: run a job once when several runs were missed."
+    )
+    http_timeout: float = Field(
+        default=10.0, gt=0, description="Default timeout in seconds of the shared HTTP client."
+    )
+    http_max_connections: int = Field(
+        default=1000, ge=1, description="Connection limit of the shared HTTP client."
+    )
+    sync_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between checks for job changes made by other processes (CLI).",
+    )
+    node_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",
+        min_length=1,
+        description="Name of this process in logs and run history.",
+    )
+    uptime_urls: CommaList = Field(
+        default=[],
+        description="Comma-separated URLs for the example uptime check; empty turns it off.",
+    )
+    log_level: str = Field(default="INFO", description="Level of the asyncapp loggers.")
+
+    @field_validator("job_modules", "uptime_urls", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("uptime_urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a valid SQLAlchemy URL") from None
+        if url.get_backend_name() not in SUPPORTED_DATABASES:
+            raise ValueError(
+                f"unsupported database {url.get_backend_name()!r}; "
+                f"use one of {', '.join(SUPPORTED_DATABASES)}"
+            )
+        return value
+
+    @field_validator("api_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value.startswith("/") or value.endswith("/") or len(value) < 2:
+            raise ValueError("must start with '/' and not end with '/', e.g. /scheduler")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build settings from the environment, then ``overrides`` keyed ``ASYNCAPP_*``.
+
+    Keys of ``overrides`` without the prefix are ignored (a Flask config holds
+    other things too); unknown ``ASYNCAPP_*`` keys are errors.
+
+    :raises SettingsError: naming every bad variable and why.
+    """
+    values = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in (overrides or {}).items()
+        if key.startswith(ENV_PREFIX)
+    }
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown setting"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+        raise SettingsError(problems) from None
