@@ -192,10 +192,18 @@ class Runtime:
     def _apply_code_schedules(self) -> None:
         """Upsert ``@task(trigger)`` jobs, keeping runtime state unless the code changed.
 
+        Only tasks of ``ASYNCAPP_JOB_MODULES`` (and their submodules) are scheduled:
+        the registry is process-wide, and importing a module must not schedule its
+        jobs in an app that did not ask for them.
+
         A job paused at runtime stays paused; a trigger, args or options changed in
         code replace the stored ones at this start.
         """
-        scheduled = self.tasks.scheduled()
+        scheduled = [
+            task
+            for task in self.tasks.scheduled()
+            if _in_modules(task.func.__module__, self.settings.job_modules)
+        ]
         _check_unique_ids(scheduled)
         for task in scheduled:
             schedule = task.schedule
@@ -248,6 +256,10 @@ def _import_job_modules(names: list[str]) -> None:
             raise SettingsError(
                 [f"ASYNCAPP_JOB_MODULES: cannot import {name!r}: {type(exc).__name__}: {exc}"]
             ) from exc
+
+
+def _in_modules(module: str, names: list[str]) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in names)
 
 
 def _check_unique_ids(scheduled: list[Task]) -> None:

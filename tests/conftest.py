@@ -1,0 +1,271 @@
+"""Shared fixtures: fresh apps on temp SQLite files, a lifespan driver, real Hypercorn
+processes, and per-test PostgreSQL schemas.
+
+Tests marked ``postgres`` or ``browser`` skip on a developer machine without
+those services, and FAIL under ``CI=true``: CI must run them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from flask import Flask
+
+from asyncapp import create_app
+from asyncapp.asgi import to_asgi
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PG_ADMIN_URL = "postgresql://127.0.0.1:5432/test"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(service: str, reason: str) -> None:
+    """Skip locally, fail in CI: tests of real services are mandatory there."""
+    if IN_CI:
+        pytest.fail(f"{service} is required in CI: {reason}")
+    pytest.skip(f"{service} not available: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("ASYNCAPP_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+def app_config(db_url: str, **settings: Any) -> dict[str, Any]:
+    """Flask config for a test app: ``settings`` are asyncapp setting names."""
+    config: dict[str, Any] = {
+        "ASYNCAPP_DATABASE_URL": db_url,
+        "ASYNCAPP_JOB_MODULES": "tests.jobs",
+        "ASYNCAPP_API_TOKEN": TOKEN,
+        "ASYNCAPP_SYNC_INTERVAL": 0.1,
+        "ASYNCAPP_SHUTDOWN_GRACE": 2,
+    }
+    config.update({f"ASYNCAPP_{name.upper()}": value for name, value in settings.items()})
+    return config
+
+
+@pytest.fixture
+def make_app(db_url: str) -> Callable[..., Flask]:
+    """``make_app(shutdown_grace=1, ...)``: a fresh app on this test's SQLite file."""
+
+    def factory(**settings: Any) -> Flask:
+        return create_app(app_config(settings.pop("database_url", db_url), **settings))
+
+    return factory
+
+
+class StartupFailed(Exception):
+    pass
+
+
+@contextlib.asynccontextmanager
+async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
+    """Drive ASGI lifespan startup and shutdown explicitly (httpx does not)."""
+    to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+    task = asyncio.create_task(asgi_app(scope, to_app.get, from_app.put))
+
+    async def exchange(message: str) -> dict[str, Any]:
+        await to_app.put({"type": message})
+        reply = asyncio.create_task(from_app.get())
+        done, _ = await asyncio.wait({reply, task}, return_when=asyncio.FIRST_COMPLETED)
+        if reply not in done:
+            reply.cancel()
+            task.result()
+            raise AssertionError(f"lifespan ended without answering {message}")
+        return reply.result()
+
+    started = await exchange("lifespan.startup")
+    if started["type"] == "lifespan.startup.failed":
+        await task
+        raise StartupFailed(started["message"])
+    assert started["type"] == "lifespan.startup.complete"
+    try:
+        yield asgi_app
+    finally:
+        stopped = await exchange("lifespan.shutdown")
+        await task
+        assert stopped["type"] == "lifespan.shutdown.complete", stopped
+
+
+@contextlib.asynccontextmanager
+async def serve(flask_app: Flask) -> AsyncIterator[httpx.AsyncClient]:
+    """Start ``flask_app`` through asyncapp's ASGI app and yield a client for it."""
+    asgi_app = to_asgi(flask_app)
+    async with lifespan(asgi_app):
+        transport = httpx.ASGITransport(app=asgi_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+@pytest.fixture
+async def asgi_client(make_app: Callable[..., Flask]) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a started default test app (ASGI, in process)."""
+    async with serve(make_app()) as client:
+        yield client
+
+
+# -- real Hypercorn processes ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A Hypercorn process serving an asyncapp app; ``url`` is its base URL."""
+
+    process: subprocess.Popen[str]
+    url: str
+    lines: list[str] = field(default_factory=list)
+    _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        """Block until the server prints a line containing ``text``."""
+        for line in self.lines:
+            if text in line:
+                return line
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(
+                    f"server did not print {text!r}; output:\n" + "".join(self.lines)
+                ) from None
+            if line is None:
+                raise AssertionError(
+                    f"server exited before printing {text!r}:\n" + "".join(self.lines)
+                )
+            if text in line:
+                return line
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def start_server(
+    env: dict[str, str], app: str = "asyncapp.asgi:app", port: int | None = None
+) -> Server:
+    port = port or free_port()
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ASYNCAPP_")},
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "-c",
+            "hypercorn.toml",
+            app,
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = Server(process, f"http://127.0.0.1:{port}")
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.lines.append(line)
+            server._queue.put(line)
+        server._queue.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def hypercorn_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """``hypercorn_server(ASYNCAPP_X="...", app="module:app")``: a started real server.
+
+    Defaults: this test's SQLite file, ``tests.jobs`` as job module, the test
+    token.  Returns once Hypercorn says it is running.  Stopped at teardown.
+    """
+    servers: list[Server] = []
+
+    def start(app: str = "asyncapp.asgi:app", wait: bool = True, **env: str) -> Server:
+        defaults = {
+            "ASYNCAPP_DATABASE_URL": f"sqlite:///{tmp_path / 'server.db'}",
+            "ASYNCAPP_JOB_MODULES": "tests.jobs",
+            "ASYNCAPP_API_TOKEN": TOKEN,
+        }
+        server = start_server({**defaults, **env}, app=app)
+        servers.append(server)
+        if wait:
+            server.wait_for("Running on http://")
+        return server
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+# -- PostgreSQL ----------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A SQLAlchemy URL on a fresh schema of the local ``test`` database."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        need("PostgreSQL at 127.0.0.1:5432", str(exc))
+        raise
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield (f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{schema}")
+    finally:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()

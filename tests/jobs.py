@@ -1,0 +1,120 @@
+"""Job functions the tests schedule (``ASYNCAPP_JOB_MODULES=tests.jobs``).
+
+Runs are recorded in ``fired``; tests await ``wait_fired`` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+
+from asyncapp import current_run, http_client, task
+
+fired: list[dict[str, Any]] = []
+_waiters: list[tuple[str, int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
+_lock = threading.Lock()
+
+
+@dataclass
+class Gate:
+    """Lets a test hold a job until it says go."""
+
+    started: asyncio.Event
+    release: asyncio.Event
+
+
+gates: dict[str, Gate] = {}
+
+
+def reset() -> None:
+    with _lock:
+        fired.clear()
+        _waiters.clear()
+        gates.clear()
+
+
+def _record(tag: str, **extra: Any) -> None:
+    with _lock:
+        fired.append({"tag": tag, "thread": threading.get_ident(), **extra})
+        count = sum(1 for entry in fired if entry["tag"] == tag)
+        for waiter in list(_waiters):
+            want_tag, want, future, loop = waiter
+            if want_tag == tag and count >= want:
+                _waiters.remove(waiter)
+                loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def wait_fired(tag: str, count: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
+    """Wait until ``tag`` was recorded ``count`` times; returns those records."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    with _lock:
+        if sum(1 for entry in fired if entry["tag"] == tag) >= count:
+            future.set_result(None)
+        else:
+            _waiters.append((tag, count, future, loop))
+    await asyncio.wait_for(future, timeout)
+    return [entry for entry in fired if entry["tag"] == tag]
+
+
+def gate(tag: str) -> Gate:
+    gates[tag] = Gate(asyncio.Event(), asyncio.Event())
+    return gates[tag]
+
+
+@task
+async def record(tag: str) -> None:
+    """Record where it ran: loop, thread, shared client, job id, Flask app."""
+    _record(
+        tag,
+        loop=id(asyncio.get_running_loop()),
+        client=id(http_client()),
+        job_id=current_run().job_id,
+        app=current_app.name,
+        config_token=current_app.config.get("ASYNCAPP_API_TOKEN"),
+    )
+
+
+@task
+def record_sync(tag: str) -> None:
+    """A plain ``def`` job: must run in a worker thread."""
+    _record(tag, job_id=current_run().job_id, app=current_app.name)
+
+
+@task
+async def hold(tag: str) -> None:
+    """Start, then wait for the test to release it (or to be cancelled)."""
+    entry = gates[tag]
+    entry.started.set()
+    await entry.release.wait()
+    _record(tag)
+
+
+@task
+async def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@task
+def append_line(path: str, line: str) -> None:
+    """For tests across processes: append a line to a file."""
+    with Path(path).open("a") as handle:
+        handle.write(line + "\n")
+
+
+@task
+async def nap(tag: str, seconds: float) -> None:
+    """Start, sleep ``seconds`` on the loop, record: a job of known length."""
+    gates[tag].started.set()
+    await asyncio.sleep(seconds)
+    _record(tag)

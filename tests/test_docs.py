@@ -1,0 +1,31 @@
+"""The docs match the code: every setting is in the README's table."""
+
+from __future__ import annotations
+
+from asyncapp.settings import Settings
+from tests.conftest import REPO
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    missing = [
+        f"ASYNCAPP_{name.upper()}"
+        for name in Settings.model_fields
+        if f"| `ASYNCAPP_{name.upper()}` |" not in readme
+    ]
+    assert missing == []
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    commands = [
+        line.strip()
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith("    python3 -m venv")
+    ]
+    assert commands[:2] == [
+        "python3 -m venv .venv && .venv/bin/pip install -e . && "
+        ".venv/bin/hypercorn -c hypercorn.toml asyncapp.asgi:app",
+        "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest",
+    ]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert commands[1] in ci, ".ci/run must call the README's test command"
