@@ -105,7 +105,7 @@ class Runner:
         token = _current_run.set(
             RunContext(job.id, run.id, scheduled_for, run.node, self.settings, logger)
         )
-        log.info("job %s run %s started (scheduled %s)", job.id, run.id, scheduled_for.isoformat())
+        log.debug("job %s run %s started (scheduled %s)", job.id, run.id, scheduled_for.isoformat())
         try:
             with self.run_context():
                 if inspect.iscoroutinefunction(job.func):
@@ -122,8 +122,15 @@ class Runner:
             return JobExecutionEvent(EVENT_JOB_ERROR, job.id, alias, scheduled_for, exception=exc)
         finally:
             _current_run.reset(token)
-        self.ledger.record(run.finish("success"))
-        log.info("job %s run %s succeeded", job.id, run.id)
+        run = run.finish("success")
+        self.ledger.record(run)
+        log.info(
+            "job %s run %s succeeded in %.3fs (%.3fs late)",
+            job.id,
+            run.id,
+            (run.ended_at - run.started_at).total_seconds(),  # type: ignore[operator]
+            (run.started_at - scheduled_for).total_seconds(),  # type: ignore[operator]
+        )
         return JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, alias, scheduled_for, retval=result)
 
 

@@ -197,10 +197,7 @@ class JobStore(MemoryJobStore):
 
     def _queue_delete(self, job_id: str) -> None:
         if self.writer is not None:
-            self.writer.put(
-                ("job", job_id),
-                lambda conn: conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)),
-            )
+            self.writer.put(("job", job_id), lambda conn: _delete(conn, job_id))
 
     def after_batch(self, conn: Connection, keys: list[tuple[Any, ...]]) -> None:
         """Writer hook (database thread): bump the revision if jobs changed."""
@@ -269,6 +266,10 @@ def _upsert(conn: Connection, row: Row) -> None:
     result = conn.execute(update(jobs_table).where(jobs_table.c.id == row.id).values(**values))
     if result.rowcount == 0:
         conn.execute(jobs_table.insert().values(id=row.id, **values))
+
+
+def _delete(conn: Connection, job_id: str) -> None:
+    conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id))
 
 
 def _timestamp(value: datetime | None) -> float | None:
