@@ -125,8 +125,8 @@ def _health_blueprint() -> Blueprint:
         if not runtime.started:
             problems.append("asyncapp is not started")
         else:
-            if not runtime.scheduler.running:
-                problems.append("the scheduler is not running")
+            if runtime.scheduler.state_name != "running":
+                problems.append(f"the scheduler is {runtime.scheduler.state_name}")
             try:
                 await asyncio.wait_for(runtime.db.run(_ping, runtime.db), READY_TIMEOUT)
             except Exception:

@@ -26,14 +26,29 @@ class Scheduler(AsyncIOScheduler):
     always calls it on the loop, and its shutdown sequence needs it done.
     """
 
+    _stopped = False
+
     def shutdown(self, wait: bool = False) -> None:
         if not self.running:
             raise SchedulerNotRunningError
         BaseScheduler.shutdown(self, wait=False)
         self._stop_timer()
 
+    def halt(self, stopped: bool) -> None:
+        """Stop firing, as ``paused`` or as ``stopped`` (the management API's shutdown)."""
+        if self.running:
+            self.pause()
+        self._stopped = stopped
+
+    def resume(self) -> None:
+        self._stopped = False
+        super().resume()
+
     @property
     def state_name(self) -> str:
+        """``running``, ``paused`` or ``stopped``."""
+        if self._stopped:
+            return "stopped"
         return STATE_NAMES.get(self.state, "stopped")
 
 

@@ -9,7 +9,7 @@ in the database.  Methods must be called on the loop the runtime runs on.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.job import Job
@@ -38,7 +38,7 @@ class JobService:
         return {
             "current_host": self.runtime.settings.node_name,
             "allowed_hosts": ["*"],
-            "running": scheduler.running,
+            "running": scheduler.state_name == "running",
             "state": scheduler.state_name,
             "jobs": len(scheduler.get_jobs()),
             "broken_jobs": len(self.runtime.store.broken),
@@ -46,21 +46,24 @@ class JobService:
         }
 
     def pause_scheduler(self) -> None:
-        if self.runtime.scheduler.running:
-            self.runtime.scheduler.pause()
+        """Stop firing until resumed (state ``paused``); running jobs go on."""
+        self.runtime.scheduler.halt(False)
 
     def resume_scheduler(self) -> None:
-        if self.runtime.scheduler.running:
+        if self.runtime.fire:
             self.runtime.scheduler.resume()
 
     def start_scheduler(self) -> None:
-        if not self.runtime.scheduler.running:
-            self.runtime.scheduler.start(paused=not self.runtime.fire)
+        """Undo :meth:`shutdown_scheduler`."""
+        self.resume_scheduler()
 
     def shutdown_scheduler(self) -> None:
-        """Stop firing; running jobs are cancelled and recorded as interrupted."""
-        if self.runtime.scheduler.running:
-            self.runtime.scheduler.shutdown()
+        """Stop firing (state ``stopped``) until started again; running jobs go on.
+
+        The scheduler object itself stays up so jobs can still be listed and
+        changed; the process shuts it down for real in lifespan shutdown.
+        """
+        self.runtime.scheduler.halt(True)
 
     def functions(self) -> list[str]:
         """References of the registered ``@task`` functions."""
@@ -138,7 +141,9 @@ class JobService:
         try:
             # Validate every change on a scratch copy before touching the real job.
             scratch = Job.__new__(Job)
-            scratch.__dict__.update(job.__dict__)
+            for slot in Job.__slots__:
+                if slot != "__weakref__" and hasattr(job, slot):
+                    setattr(scratch, slot, getattr(job, slot))
             scratch._modify(**modify)
             self.runtime.store.row(scratch)
         except (TypeError, ValueError) as exc:
@@ -241,7 +246,6 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         next_run_time=_iso(job.next_run_time),
         coalesce=job.coalesce,
         jitter=getattr(job.trigger, "jitter", None),
-        timezone=str(getattr(job.trigger, "timezone", "")) or None,
         paused=job.next_run_time is None,
         broken=False,
     )
@@ -265,10 +269,9 @@ def broken_to_dict(row: Row) -> dict[str, Any]:
         max_instances=fields.get("max_instances"),
         next_run_time=None
         if row.next_run_time is None
-        else _iso(datetime.fromtimestamp(row.next_run_time).astimezone()),
+        else _iso(datetime.fromtimestamp(row.next_run_time, UTC)),
         coalesce=fields.get("coalesce"),
         jitter=trigger.get("jitter"),
-        timezone=trigger.get("timezone"),
         paused=row.next_run_time is None,
         broken=True,
     )

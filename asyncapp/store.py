@@ -72,12 +72,18 @@ class JobStore(MemoryJobStore):
     # -- loading -----------------------------------------------------------
 
     def load(self, conn: Connection) -> tuple[int, int, list[Row]]:
-        """Read every row (database thread): (revision, batch counter, rows)."""
+        """Read every row (database thread): (revision, batch counter, rows).
+
+        The revision is read first: without snapshot isolation a change committed
+        between the two reads is then in the rows and also makes the next check
+        reload, instead of being marked as seen without having been read.
+        """
+        revision = read_revision(conn)
         rows = [
             Row(r.id, r.func, r.next_run_time, r.data)
             for r in conn.execute(select(jobs_table).order_by(jobs_table.c.id))
         ]
-        return read_revision(conn), self._batches, rows
+        return revision, self._batches, rows
 
     async def prime(self) -> None:
         """Load the stored jobs; they enter memory when the scheduler starts."""

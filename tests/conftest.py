@@ -212,9 +212,10 @@ def start_server(
 
     def pump() -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            server.lines.append(line)
-            server._queue.put(line)
+        with process.stdout:
+            for line in process.stdout:
+                server.lines.append(line)
+                server._queue.put(line)
         server._queue.put(None)
 
     threading.Thread(target=pump, daemon=True).start()

@@ -52,7 +52,7 @@ async def test_readyz_is_503_when_the_scheduler_is_shut_down(
         app.extensions["asyncapp"].service().shutdown_scheduler()
         response = await client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["problems"] == ["the scheduler is not running"]
+    assert response.json()["problems"] == ["the scheduler is stopped"]
 
 
 def test_importing_the_default_app_starts_nothing() -> None:
