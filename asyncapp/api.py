@@ -47,18 +47,9 @@ from .errors import (
     UnknownFunction,
 )
 from .openapi import ErrorResponse, Job, Operation, RunPage, SchedulerInfo, build_document
-from .schemas import (
-    JobCreate,
-    JobUpdate,
-    RunQuery,
-    ShutdownRequest,
-    is_safe_text,
-    parse_job_create,
-    parse_job_update,
-    parse_run_query,
-    parse_shutdown,
-)
+from .schemas import JobCreate, JobUpdate, RunQuery, ShutdownRequest, is_safe_text
 from .tasks import registry
+from .validation import parse_job_create, parse_job_update, parse_run_query, parse_shutdown
 
 log = logging.getLogger("asyncapp.api")
 
@@ -71,28 +62,61 @@ OPERATIONS: list[Operation] = [
     Operation("POST", "/resume", "resume_scheduler", "Resume job processing", status=204),
     Operation("POST", "/start", "start_scheduler", "Start the scheduler", status=204),
     Operation(
-        "POST", "/shutdown", "shutdown_scheduler", "Stop the scheduler", status=204,
+        "POST",
+        "/shutdown",
+        "shutdown_scheduler",
+        "Stop the scheduler",
+        status=204,
         body=ShutdownRequest,
     ),
     Operation("GET", "/jobs", "get_jobs", "List jobs", response=Job, many=True),
     Operation(
-        "POST", "/jobs", "add_job", "Add a job", response=Job, body=JobCreate, body_required=True,
+        "POST",
+        "/jobs",
+        "add_job",
+        "Add a job",
+        response=Job,
+        body=JobCreate,
+        body_required=True,
         errors=(409,),
     ),
     Operation("GET", "/jobs/<job_id>", "get_job", "Get a job", response=Job, errors=(404,)),
     Operation(
-        "PATCH", "/jobs/<job_id>", "update_job", "Change a job", response=Job, body=JobUpdate,
-        body_required=True, errors=(404,),
+        "PATCH",
+        "/jobs/<job_id>",
+        "update_job",
+        "Change a job",
+        response=Job,
+        body=JobUpdate,
+        body_required=True,
+        errors=(404,),
     ),
     Operation("DELETE", "/jobs/<job_id>", "delete_job", "Remove a job", status=204, errors=(404,)),
-    Operation("POST", "/jobs/<job_id>/pause", "pause_job", "Pause a job", response=Job, errors=(422,)),
-    Operation("POST", "/jobs/<job_id>/resume", "resume_job", "Resume a job", response=Job, errors=(422,)),
     Operation(
-        "POST", "/jobs/<job_id>/run", "run_job", "Fire a job now; the answer carries the run",
-        response=Job, errors=(409, 422),
+        "POST", "/jobs/<job_id>/pause", "pause_job", "Pause a job", response=Job, errors=(422,)
     ),
-    Operation("GET", "/jobs/<job_id>/runs", "get_job_runs", "Run history of a job", response=RunPage, query=RunQuery),
-    Operation("GET", "/runs", "get_runs", "Run history of all jobs", response=RunPage, query=RunQuery),
+    Operation(
+        "POST", "/jobs/<job_id>/resume", "resume_job", "Resume a job", response=Job, errors=(422,)
+    ),
+    Operation(
+        "POST",
+        "/jobs/<job_id>/run",
+        "run_job",
+        "Fire a job now; the answer carries the run",
+        response=Job,
+        errors=(409, 422),
+    ),
+    Operation(
+        "GET",
+        "/jobs/<job_id>/runs",
+        "get_job_runs",
+        "Run history of a job",
+        response=RunPage,
+        query=RunQuery,
+    ),
+    Operation(
+        "GET", "/runs", "get_runs", "Run history of all jobs", response=RunPage, query=RunQuery
+    ),
     Operation("GET", "/openapi.json", "openapi", "This OpenAPI document", prefixed=False),
 ]
 
@@ -132,7 +156,9 @@ def _guard() -> Response | None:
     expected = token.get_secret_value().encode()
     # compare_digest on bytes: constant time, and any header text is accepted.
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-        response = _error(401, "Missing or wrong token: send 'Authorization: Bearer <ASYNCAPP_API_TOKEN>'.")
+        response = _error(
+            401, "Missing or wrong token: send 'Authorization: Bearer <ASYNCAPP_API_TOKEN>'."
+        )
         response.headers["WWW-Authenticate"] = 'Bearer realm="asyncapp"'
         return response
     return None
@@ -159,28 +185,29 @@ def _json_default(value: Any) -> Any:
 
 
 def _error(status: int, message: str, errors: list[dict[str, str]] | None = None) -> Response:
-    return _json(ErrorResponse(error_message=message, errors=errors or []).model_dump(), status)
+    body = ErrorResponse.model_validate({"error_message": message, "errors": errors or []})
+    return _json(body.model_dump(), status)
 
 
 def _no_content() -> Response:
-    return current_app.response_class(status=204)
+    response = current_app.response_class(status=204)
+    del response.headers["Content-Type"]  # nothing to describe
+    return response
 
 
-def _body(required: bool) -> Any:
-    """The request's JSON body, or None when it is empty and optional.
+def _body() -> Any:
+    """The request's JSON body.
 
     A missing Content-Type is read as JSON (Flask-APScheduler parsed with
-    ``force=True``); any other non-JSON type is 415.  Invalid JSON, NaN and
-    nesting too deep for the parser are 400.
+    ``force=True``); any other non-JSON type is 415.  An empty body is 422;
+    invalid JSON, NaN and nesting too deep for the parser are 400.
     """
     raw = request.get_data(cache=True)  # raises 413 past max_content_length
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType("The body must be JSON, sent as Content-Type: application/json.")
     if not raw.strip():
-        if required:
-            raise InvalidJob([{"field": "body", "message": "a JSON object is required"}])
-        return None
+        raise InvalidJob([{"field": "body", "message": "a JSON object is required"}])
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
@@ -220,7 +247,8 @@ async def start_scheduler() -> Response:
 async def shutdown_scheduler() -> Response:
     # ``wait`` is accepted for Flask-APScheduler clients; shutdown always lets
     # running jobs finish within ASYNCAPP_SHUTDOWN_GRACE.
-    parse_shutdown(_body(required=False))
+    if request.get_data(cache=True).strip():  # the body is optional, but checked when sent
+        parse_shutdown(_body())
     _service().shutdown_scheduler()
     return _no_content()
 
@@ -230,7 +258,7 @@ async def get_jobs() -> Response:
 
 
 async def add_job() -> Response:
-    spec = parse_job_create(_body(required=True))
+    spec = parse_job_create(_body())
     return _json(await _service().add_job(spec))
 
 
@@ -239,7 +267,7 @@ async def get_job(job_id: str) -> Response:
 
 
 async def update_job(job_id: str) -> Response:
-    changes = parse_job_update(_job_id(job_id), _body(required=True))
+    changes = parse_job_update(_job_id(job_id), _body())
     return _json(await _service().update_job(job_id, changes))
 
 
@@ -305,7 +333,7 @@ STATUS = [
 
 def _http_error(exc: HTTPException) -> Response:
     response = _error(exc.code or 500, exc.description or exc.name)
-    if exc.code == 405 and exc.valid_methods:
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     return response
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from .schemas import JobCreate, JobUpdate, RunQuery, RunStatus, SchedulerState, ShutdownRequest
 
@@ -180,12 +180,11 @@ def build_document(
     ``functions`` (the registered ``@task`` references) become the enum of
     ``JobCreate.func``, so clients and fuzzers see what may be scheduled.
     """
-    requests = [JobCreate, JobUpdate, ShutdownRequest, RunQuery]
-    responses = [ErrorResponse, SchedulerInfo, Job, RunPage]
-    keys, top = models_json_schema(
-        [(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
-        ref_template=REF_TEMPLATE,
-    )
+    requests: list[type[BaseModel]] = [JobCreate, JobUpdate, ShutdownRequest, RunQuery]
+    responses: list[type[BaseModel]] = [ErrorResponse, SchedulerInfo, Job, RunPage]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in requests]
+    models += [(m, "serialization") for m in responses]
+    keys, top = models_json_schema(models, ref_template=REF_TEMPLATE)
     components: dict[str, Any] = top.get("$defs", {})
     if functions:
         components["JobCreate"]["properties"]["func"]["enum"] = sorted(functions)
@@ -220,7 +219,9 @@ def _operation(op: Operation, keys: dict[Any, Any]) -> dict[str, Any]:
         schema = op.query.model_json_schema(ref_template=REF_TEMPLATE)
         required = set(schema.get("required", []))
         for name, prop in schema["properties"].items():
-            params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+            params.append(
+                {"name": name, "in": "query", "required": name in required, "schema": prop}
+            )
     if params:
         doc["parameters"] = params
     if op.body is not None:

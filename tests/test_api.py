@@ -1,0 +1,392 @@
+"""The management API over HTTP against the ASGI app, lifespan driven explicitly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from flask import Flask
+
+from asyncapp.app import OPEN_ENDPOINTS
+from tests import jobs
+from tests.conftest import AUTH, serve
+
+pytestmark = pytest.mark.timeout(30)
+
+RECORD = "tests.jobs:record"
+JOB_FIELDS = {
+    "id",
+    "name",
+    "func",
+    "args",
+    "kwargs",
+    "trigger",
+    "misfire_grace_time",
+    "max_instances",
+    "next_run_time",
+}  # Flask-APScheduler's job_to_dict
+OUR_FIELDS = {"coalesce", "jitter", "timezone", "paused", "broken"}
+
+
+@pytest.fixture
+async def client(asgi_client: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
+    jobs.reset()
+    asgi_client.headers.update(AUTH)
+    yield asgi_client
+
+
+async def add(client: httpx.AsyncClient, job_id: str = "j1", **fields: Any) -> dict[str, Any]:
+    body = {
+        "id": job_id,
+        "func": RECORD,
+        "kwargs": {"tag": job_id},
+        "trigger": "interval",
+        "minutes": 10,
+    } | fields
+    response = await client.post("/scheduler/jobs", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body["error_message"], str) and isinstance(body["errors"], list)
+    assert "Traceback" not in response.text
+    return body
+
+
+async def wait_run(client: httpx.AsyncClient, job_id: str, status: str) -> dict[str, Any]:
+    for _ in range(200):
+        page = (await client.get(f"/scheduler/jobs/{job_id}/runs")).json()
+        done = [run for run in page["runs"] if run["status"] == status]
+        if done:
+            return done[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {status} run of {job_id}: {page}")
+
+
+# -- scheduler ------------------------------------------------------------------------
+
+
+async def test_scheduler_info(client: httpx.AsyncClient) -> None:
+    response = await client.get("/scheduler")
+    assert response.status_code == 200
+    info = response.json()
+    assert {"current_host", "allowed_hosts", "running"} <= set(info)
+    assert info["running"] is True and info["state"] == "running"
+
+
+async def test_scheduler_pause_resume_shutdown_start(client: httpx.AsyncClient) -> None:
+    async def state() -> str:
+        return (await client.get("/scheduler")).json()["state"]
+
+    for action, expected in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("shutdown", "stopped"),
+        ("start", "running"),
+    ]:
+        response = await client.post(f"/scheduler/{action}")
+        assert response.status_code == 204, response.text
+        assert response.content == b""
+        assert await state() == expected
+    # Flask-APScheduler clients send {"wait": "False"} to shutdown.
+    assert (await client.post("/scheduler/shutdown", json={"wait": "False"})).status_code == 204
+    assert_error(await client.post("/scheduler/shutdown", json={"wait": "soon"}), 422)
+    assert_error(
+        await client.post(
+            "/scheduler/shutdown", content=b"{", headers={"Content-Type": "application/json"}
+        ),
+        400,
+    )
+
+
+async def test_job_routes_work_while_the_scheduler_is_shut_down(
+    client: httpx.AsyncClient,
+) -> None:
+    await add(client, "before")
+    assert (await client.post("/scheduler/shutdown")).status_code == 204
+    assert [j["id"] for j in (await client.get("/scheduler/jobs")).json()] == ["before"]
+    added = await client.post(
+        "/scheduler/jobs",
+        json={
+            "id": "during",
+            "func": RECORD,
+            "kwargs": {"tag": "x"},
+            "trigger": "interval",
+            "hours": 1,
+        },
+    )
+    assert added.status_code == 200, added.text
+    assert (await client.get("/scheduler/jobs/during")).status_code == 200
+    assert (await client.post("/scheduler/start")).status_code == 204
+    assert (await client.get("/scheduler")).json()["state"] == "running"
+    assert {j["id"] for j in (await client.get("/scheduler/jobs")).json()} == {"before", "during"}
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+
+async def test_add_job_flat_form_returns_flask_apscheduler_fields(
+    client: httpx.AsyncClient,
+) -> None:
+    job = await add(client, "poll", minutes=10)
+    assert set(job) >= JOB_FIELDS | OUR_FIELDS
+    assert job["trigger"] == "interval" and job["minutes"] == 10
+    assert job["func"] == RECORD and job["kwargs"] == {"tag": "poll"}
+    assert job["paused"] is False and job["broken"] is False
+    listed = (await client.get("/scheduler/jobs")).json()
+    assert [j["id"] for j in listed] == ["poll"]
+
+
+async def test_add_job_nested_trigger_and_options(client: httpx.AsyncClient) -> None:
+    job = await add(
+        client,
+        "nightly",
+        trigger={"type": "cron", "hour": "3", "minute": 30},
+        minutes=None,
+        timezone="Europe/Paris",
+        coalesce=False,
+        max_instances=2,
+        paused=True,
+    )
+    assert (job["trigger"], job["hour"], job["minute"]) == ("cron", "3", "30")
+    assert job["timezone"] == "Europe/Paris"
+    assert job["coalesce"] is False and job["max_instances"] == 2
+    assert job["paused"] is True and job["next_run_time"] is None
+
+
+async def test_add_job_errors(client: httpx.AsyncClient) -> None:
+    await add(client, "dup")
+    body = assert_error(
+        await client.post("/scheduler/jobs", json={"id": "dup", "func": RECORD}), 409
+    )
+    assert "dup" in body["error_message"]
+    body = assert_error(await client.post("/scheduler/jobs", json={"func": "os:system"}), 422)
+    assert body["errors"][0]["field"] == "func" and RECORD in body["errors"][0]["message"]
+    body = assert_error(
+        await client.post("/scheduler/jobs", json={"func": RECORD, "color": "red"}), 422
+    )
+    assert body["errors"] == [{"field": "color", "message": "unknown field"}]
+    assert_error(await client.post("/scheduler/jobs"), 422)  # no body
+    assert_error(
+        await client.post(
+            "/scheduler/jobs", content=b"{nope", headers={"Content-Type": "application/json"}
+        ),
+        400,
+    )
+    assert_error(
+        await client.post(
+            "/scheduler/jobs",
+            content=b"func=x",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ),
+        415,
+    )
+    assert [j["id"] for j in (await client.get("/scheduler/jobs")).json()] == ["dup"]
+
+
+async def test_body_without_content_type_is_read_as_json(client: httpx.AsyncClient) -> None:
+    # Flask-APScheduler parsed bodies with force=True; scripts may not set the header.
+    response = await client.post(
+        "/scheduler/jobs",
+        content=b'{"id": "raw", "func": "tests.jobs:record", '
+        b'"kwargs": {"tag": "raw"}, "trigger": "interval", "hours": 1}',
+    )
+    assert response.status_code == 200, response.text
+
+
+async def test_body_over_the_cap_is_413(make_app: Callable[..., Flask]) -> None:
+    async with serve(make_app(max_body_bytes=1000)) as client:
+        body = {"func": RECORD, "kwargs": {"tag": "x" * 2000}}
+        response = await client.post("/scheduler/jobs", json=body, headers=AUTH)
+        assert_error(response, 413)
+        assert (await client.get("/scheduler/jobs", headers=AUTH)).json() == []
+
+
+async def test_get_job(client: httpx.AsyncClient) -> None:
+    await add(client, "g")
+    response = await client.get("/scheduler/jobs/g")
+    assert response.status_code == 200 and response.json()["id"] == "g"
+    assert_error(await client.get("/scheduler/jobs/missing"), 404)
+
+
+async def test_update_job(client: httpx.AsyncClient) -> None:
+    await add(client, "u")
+    response = await client.patch(
+        "/scheduler/jobs/u", json={"trigger": "cron", "hour": "4", "name": "renamed"}
+    )
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert (job["trigger"], job["hour"], job["name"]) == ("cron", "4", "renamed")
+    assert_error(await client.patch("/scheduler/jobs/missing", json={"name": "x"}), 404)
+    assert_error(await client.patch("/scheduler/jobs/u", json={"minutes": 5}), 422)
+    assert_error(await client.patch("/scheduler/jobs/u", json={"id": "other"}), 422)
+    assert_error(await client.patch("/scheduler/jobs/u", json={"func": "os:system"}), 422)
+    assert_error(
+        await client.patch(
+            "/scheduler/jobs/u", content=b"<xml/>", headers={"Content-Type": "text/xml"}
+        ),
+        415,
+    )
+
+
+async def test_delete_job(client: httpx.AsyncClient) -> None:
+    await add(client, "d")
+    response = await client.delete("/scheduler/jobs/d")
+    assert response.status_code == 204 and response.content == b""
+    assert_error(await client.delete("/scheduler/jobs/d"), 404)
+    assert_error(await client.get("/scheduler/jobs/d"), 404)
+
+
+async def test_pause_and_resume_job(client: httpx.AsyncClient) -> None:
+    await add(client, "p")
+    paused = await client.post("/scheduler/jobs/p/pause")
+    assert paused.status_code == 200
+    assert paused.json()["paused"] is True and paused.json()["next_run_time"] is None
+    resumed = await client.post("/scheduler/jobs/p/resume")
+    assert resumed.status_code == 200
+    assert resumed.json()["paused"] is False and resumed.json()["next_run_time"]
+    assert_error(await client.post("/scheduler/jobs/missing/pause"), 404)
+    assert_error(await client.post("/scheduler/jobs/missing/resume"), 404)
+
+
+# -- run now and history ----------------------------------------------------------------------
+
+
+async def test_run_fires_coroutine_on_the_server_loop_and_records_it(
+    client: httpx.AsyncClient,
+) -> None:
+    await add(client, "now", hours=1, minutes=None)
+    response = await client.post("/scheduler/jobs/now/run")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["id"] == "now" and set(body) >= JOB_FIELDS
+    run = body["run"]
+    assert run["job_id"] == "now" and run["status"] == "running"
+    [entry] = await jobs.wait_fired("now")
+    assert entry["loop"] == id(asyncio.get_running_loop())  # in-process: the server loop is ours
+    done = await wait_run(client, "now", "success")
+    assert done["id"] == run["id"] and done["ended_at"]
+    everything = (await client.get("/scheduler/runs")).json()
+    assert run["id"] in [r["id"] for r in everything["runs"]]
+    assert_error(await client.post("/scheduler/jobs/missing/run"), 404)
+
+
+async def test_run_does_not_wait_for_the_job(client: httpx.AsyncClient) -> None:
+    gate = jobs.gate("slow")
+    await add(client, "slow", func="tests.jobs:hold", kwargs={"tag": "slow"})
+    response = await client.post("/scheduler/jobs/slow/run")
+    assert response.status_code == 200
+    await asyncio.wait_for(gate.started.wait(), 5)
+    # Still running while the request has answered; a second run exceeds max_instances.
+    assert_error(await client.post("/scheduler/jobs/slow/run"), 409)
+    gate.release.set()
+    await wait_run(client, "slow", "success")
+
+
+async def test_run_history_paging_and_filter(client: httpx.AsyncClient) -> None:
+    await add(client, "ok")
+    await add(client, "bad", func="tests.jobs:fail", kwargs={"message": "boom"})
+    for _ in range(3):
+        await client.post("/scheduler/jobs/ok/run")
+        await wait_run(client, "ok", "success")
+        await asyncio.sleep(0.01)
+    await client.post("/scheduler/jobs/bad/run")
+    failed = await wait_run(client, "bad", "error")
+    assert failed["error_type"].endswith("ValueError")
+
+    page = (await client.get("/scheduler/runs", params={"limit": 2, "offset": 1})).json()
+    assert (page["total"], page["limit"], page["offset"], len(page["runs"])) == (4, 2, 1, 2)
+    errors = (await client.get("/scheduler/runs", params={"status": "error"})).json()
+    assert [r["job_id"] for r in errors["runs"]] == ["bad"]
+    own = (await client.get("/scheduler/jobs/ok/runs", params={"status": "success"})).json()
+    assert own["total"] == 3
+    for bad in ({"status": "exploded"}, {"limit": 0}, {"limit": "x"}, {"offset": -1}, {"page": 2}):
+        assert_error(await client.get("/scheduler/runs", params=bad), 422)
+        assert_error(await client.get("/scheduler/jobs/ok/runs", params=bad), 422)
+
+
+# -- openapi, auth, routing errors ----------------------------------------------------------
+
+
+async def test_openapi_document_lists_every_route(client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["openapi"].startswith("3.1")
+    assert RECORD in doc["components"]["schemas"]["JobCreate"]["properties"]["func"]["enum"]
+    for path in (
+        "/scheduler",
+        "/scheduler/jobs/{job_id}/run",
+        "/scheduler/runs",
+        "/scheduler/jobs/{job_id}/runs",
+    ):
+        assert path in doc["paths"]
+
+
+def management_requests(app: Flask) -> list[tuple[str, str]]:
+    requests = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in OPEN_ENDPOINTS or rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<job_id>", "some-job")
+        requests.extend((method, path) for method in sorted(rule.methods or ()))
+    return requests
+
+
+async def test_every_management_route_needs_the_token(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    requests = management_requests(app)
+    assert len(requests) >= 16 * 2  # each route with HEAD/OPTIONS too
+    async with serve(app) as client:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic eDp5"},
+            {"Authorization": "Bearer"},
+        ):
+            for method, path in requests:
+                response = await client.request(method, path, headers=headers)
+                assert response.status_code == 401, (method, path, headers)
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+                if method != "HEAD":
+                    assert "ASYNCAPP_API_TOKEN" in response.json()["error_message"]
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/scheduler/jobs")).json()["error_message"]
+        assert (await client.get("/scheduler/jobs", headers=AUTH)).status_code == 200
+
+
+async def test_without_a_configured_token_the_api_is_off(make_app: Callable[..., Flask]) -> None:
+    app = make_app(api_token="")
+    async with serve(app) as client:
+        for method, path in management_requests(app):
+            response = await client.request(method, path, headers=AUTH)
+            assert response.status_code == 403, (method, path)
+        body = (await client.get("/scheduler")).json()
+        assert "ASYNCAPP_API_TOKEN" in body["error_message"]
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_routing_errors_under_the_prefix_are_json(client: httpx.AsyncClient) -> None:
+    assert_error(await client.get("/scheduler/nothing/here"), 404)
+    response = await client.put("/scheduler/jobs")
+    assert_error(response, 405)
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+    # Outside the API, Flask's own pages are untouched.
+    other = await client.get("/not-the-api")
+    assert other.status_code == 404 and "text/html" in other.headers["content-type"]
+
+
+async def test_custom_prefix(make_app: Callable[..., Flask]) -> None:
+    async with serve(make_app(api_prefix="/ops/jobs-api")) as client:
+        assert (await client.get("/ops/jobs-api/jobs", headers=AUTH)).status_code == 200
+        assert (await client.get("/scheduler/jobs", headers=AUTH)).status_code == 404
+        doc = (await client.get("/openapi.json", headers=AUTH)).json()
+        assert "/ops/jobs-api/jobs/{job_id}" in doc["paths"]

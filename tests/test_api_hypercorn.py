@@ -1,0 +1,115 @@
+"""The management API through a real Hypercorn process, over a socket."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import AUTH, TOKEN, Server
+
+pytestmark = pytest.mark.timeout(60)
+
+WRONG = "wrong-token-that-must-not-be-logged"
+
+
+@pytest.fixture
+def hypercorn(hypercorn_server: Callable[..., Server]) -> Iterator[Callable[..., Server]]:
+    """``hypercorn_server`` that also closes the output pipe it leaves open.
+
+    Without this the pipe is closed by the garbage collector, and the
+    ResourceWarning fails whichever test runs then.
+    """
+    started: list[Server] = []
+
+    def start(**env: str) -> Server:
+        started.append(hypercorn_server(**env))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.stop()
+        with contextlib.suppress(AssertionError):
+            each.wait_for("\x00 end of output", timeout=10)  # returns at EOF
+        assert each.process.stdout is not None
+        each.process.stdout.close()
+
+
+def wait_run(client: httpx.Client, job_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        runs = client.get(f"/scheduler/jobs/{job_id}/runs").json()["runs"]
+        if runs and runs[0]["status"] != "running":
+            return runs[0]
+        time.sleep(0.05)
+    raise AssertionError(f"the run of {job_id} did not finish")
+
+
+def test_jobs_run_and_history_over_a_socket(hypercorn: Callable[..., Server]) -> None:
+    server = hypercorn()
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as client:
+        assert client.get("/scheduler").json()["state"] == "running"
+        body = {
+            "id": "net",
+            "func": "tests.jobs:record",
+            "kwargs": {"tag": "net"},
+            "trigger": "interval",
+            "hours": 1,
+        }
+        created = client.post("/scheduler/jobs", json=body)
+        assert created.status_code == 200, created.text
+        ran = client.post("/scheduler/jobs/net/run")
+        assert ran.status_code == 200 and ran.json()["run"]["status"] == "running"
+        assert wait_run(client, "net")["status"] == "success"
+        assert client.post("/scheduler/jobs/net/pause").json()["paused"] is True
+        assert client.delete("/scheduler/jobs/net").status_code == 204
+        assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
+
+
+def test_auth_and_bad_input_over_a_socket(hypercorn: Callable[..., Server]) -> None:
+    server = hypercorn(ASYNCAPP_MAX_BODY_BYTES="65536")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/scheduler/jobs").status_code == 401
+        assert (
+            client.get("/scheduler/jobs", headers={"Authorization": f"Bearer {WRONG}"}).status_code
+            == 401
+        )
+        assert client.get("/healthz").status_code == 200
+        client.headers.update(AUTH)
+
+        huge = client.post(
+            "/scheduler/jobs",
+            content=b"x" * 10_000_000,
+            headers={"Content-Type": "application/json"},
+        )
+        assert huge.status_code == 413
+        deep = b"[" * 100_000 + b"]" * 100_000
+        assert (
+            client.post(
+                "/scheduler/jobs",
+                content=deep[:30000] + deep[-30000:],
+                headers={"Content-Type": "application/json"},
+            ).status_code
+            == 400
+        )
+        assert (
+            client.post(
+                "/scheduler/jobs", content=b"a=b", headers={"Content-Type": "text/plain"}
+            ).status_code
+            == 415
+        )
+        evil = client.post(
+            "/scheduler/jobs",
+            json={"id": "evil", "func": "os:system", "args": ["touch /tmp/pwned"]},
+        )
+        assert evil.status_code == 422
+        assert "tests.jobs:record" in evil.json()["error_message"]
+
+        assert client.get("/scheduler").status_code == 200  # still serving
+        assert client.get("/scheduler/jobs").json() == []
+    assert server.stop() == 0
+    # Neither the real token nor a guessed one reaches the logs.
+    assert TOKEN not in server.output() and WRONG not in server.output()

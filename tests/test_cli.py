@@ -1,0 +1,190 @@
+"""``flask jobs ...`` against a real database, through the offline service."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from click.testing import Result
+from flask import Flask
+
+from tests import jobs
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def cli(make_app: Callable[..., Flask]) -> Callable[..., Result]:
+    jobs.reset()
+    runner = make_app().test_cli_runner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(args=["jobs", *args])
+
+    return invoke
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def as_json(result: Result) -> Any:
+    return json.loads(ok(result))
+
+
+def test_add_list_show(cli: Callable[..., Result]) -> None:
+    out = ok(
+        cli(
+            "add",
+            "tests.jobs:record",
+            "--id",
+            "poll",
+            "--trigger",
+            "interval",
+            "--set",
+            "minutes=10",
+            "--kwarg",
+            'tag="poll"',
+        )
+    )
+    assert "poll" in out and "tests.jobs:record" in out
+    ok(
+        cli(
+            "add",
+            "tests.jobs:record",
+            "--id",
+            "nightly",
+            "--trigger",
+            "cron",
+            "--set",
+            "hour=3",
+            "--set",
+            "day_of_week=mon-fri",
+            "--set",
+            "timezone=Europe/Paris",
+            "--arg",
+            '"nightly"',
+        )
+    )
+    table = ok(cli("list"))
+    header, *rows = table.splitlines()
+    assert header.split()[:3] == ["ID", "NAME", "FUNC"]
+    assert any(r.startswith("poll") and "every 10m" in r and "scheduled" in r for r in rows)
+    assert any(r.startswith("nightly") and "day_of_week=mon-fri" in r for r in rows)
+    listed = as_json(cli("list", "--json"))
+    assert {j["id"] for j in listed} == {"poll", "nightly"}
+    shown = as_json(cli("show", "nightly", "--json"))
+    assert (shown["trigger"], shown["hour"], shown["args"]) == ("cron", "3", ["nightly"])
+    assert "timezone" in ok(cli("show", "nightly"))
+
+
+def test_pause_resume_remove(cli: Callable[..., Result]) -> None:
+    ok(
+        cli(
+            "add",
+            "tests.jobs:record",
+            "--id",
+            "p",
+            "--trigger",
+            "interval",
+            "--set",
+            "hours=1",
+            "--kwarg",
+            'tag="p"',
+        )
+    )
+    assert as_json(cli("pause", "p", "--json"))["paused"] is True
+    assert "paused" in ok(cli("list"))
+    assert as_json(cli("resume", "p", "--json"))["paused"] is False
+    assert "Removed p" in ok(cli("remove", "p"))
+    assert "No jobs." in ok(cli("list"))
+
+
+def test_run_waits_and_records_history(cli: Callable[..., Result]) -> None:
+    ok(
+        cli(
+            "add",
+            "tests.jobs:record",
+            "--id",
+            "r",
+            "--trigger",
+            "interval",
+            "--set",
+            "hours=1",
+            "--kwarg",
+            'tag="r"',
+        )
+    )
+    run = as_json(cli("run", "r", "--json"))
+    assert run["status"] == "success" and run["job_id"] == "r"
+    assert [entry["tag"] for entry in jobs.fired] == ["r"]
+    page = as_json(cli("runs", "r", "--json"))
+    assert page["total"] == 1 and page["runs"][0]["id"] == run["id"]
+    assert "success" in ok(cli("runs"))
+    assert "No runs." in ok(cli("runs", "--status", "error"))
+
+
+def test_failed_run_exits_non_zero(cli: Callable[..., Result]) -> None:
+    ok(
+        cli(
+            "add",
+            "tests.jobs:fail",
+            "--id",
+            "f",
+            "--trigger",
+            "interval",
+            "--set",
+            "hours=1",
+            "--kwarg",
+            'message="boom"',
+        )
+    )
+    result = cli("run", "f")
+    assert result.exit_code == 1
+    assert "error" in result.output and "boom" in result.output
+
+
+def test_errors_are_messages_not_tracebacks(cli: Callable[..., Result]) -> None:
+    for args, expected in [
+        (("add", "os:system"), "not a registered @task"),
+        (("add", "tests.jobs:record", "--trigger", "cron", "--set", "hour=99"), "hour"),
+        (("add", "tests.jobs:record", "--trigger", "interval", "--set", "minutes=0"), "interval"),
+        (("add", "tests.jobs:record", "--set", "bogus=1"), "bogus: unknown field"),
+        (("add", "tests.jobs:record", "--kwarg", "tag=not-json"), "not JSON"),
+        (("show", "missing"), "no job with id 'missing'"),
+        (("pause", "missing"), "no job"),
+        (("run", "missing"), "no job"),
+        (("remove", "missing"), "no job"),
+        (("runs", "--limit", "0"), "limit"),
+    ]:
+        result = cli(*args)
+        assert result.exit_code != 0, args
+        assert expected in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    assert "No jobs." in ok(cli("list"))
+
+
+def test_changes_are_seen_by_the_app_database(
+    cli: Callable[..., Result], make_app: Callable[..., Flask]
+) -> None:
+    ok(
+        cli(
+            "add",
+            "tests.jobs:record",
+            "--id",
+            "shared",
+            "--trigger",
+            "interval",
+            "--set",
+            "minutes=5",
+            "--kwarg",
+            'tag="s"',
+        )
+    )
+    # A second app on the same database (as a server would be) sees the job.
+    other = make_app().test_cli_runner()
+    listed = json.loads(other.invoke(args=["jobs", "list", "--json"]).output)
+    assert [j["id"] for j in listed] == ["shared"]

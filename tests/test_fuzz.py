@@ -1,0 +1,225 @@
+"""Hostile and random input: a fixed battery (ASGI) and schemathesis (real Hypercorn).
+
+Every bad request must get a 4xx JSON error, create nothing, and leave the
+server serving; random requests generated from ``/openapi.json`` must never
+get a 5xx and every response must match the document.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import AUTH, Server
+
+RECORD = "tests.jobs:record"
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def hypercorn(hypercorn_server: Callable[..., Server]) -> Iterator[Callable[..., Server]]:
+    """``hypercorn_server`` that also closes the output pipe it leaves open.
+
+    Without this the pipe is closed by the garbage collector, and the
+    ResourceWarning fails whichever test runs then.
+    """
+    started: list[Server] = []
+
+    def start(**env: str) -> Server:
+        started.append(hypercorn_server(**env))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.stop()
+        with contextlib.suppress(AssertionError):
+            each.wait_for("\x00 end of output", timeout=10)  # returns at EOF
+        assert each.process.stdout is not None
+        each.process.stdout.close()
+
+
+@pytest.fixture
+async def client(asgi_client: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
+    asgi_client.headers.update(AUTH)
+    yield asgi_client
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def job(**fields: Any) -> dict[str, Any]:
+    return {
+        "id": "bad",
+        "func": RECORD,
+        "kwargs": {"tag": "t"},
+        "trigger": "interval",
+        "minutes": 1,
+    } | fields
+
+
+BAD_BODIES: list[tuple[str, dict[str, Any]]] = [
+    ("os:system", {"json": job(func="os:system", args=["touch /tmp/pwned"])}),
+    ("builtins:eval", {"json": job(func="builtins:eval", args=["1+1"])}),
+    ("subprocess:run", {"json": job(func="subprocess:run", args=[["true"]])}),
+    ("cron hour 25", {"json": job(trigger="cron", minutes=None, hour="25")}),
+    ("cron step 0", {"json": job(trigger="cron", minutes=None, minute="*/0")}),
+    ("cron weekday", {"json": job(trigger="cron", minutes=None, day_of_week="funday")}),
+    ("cron garbage", {"json": job(trigger="cron", minutes=None, second="a-b-c")}),
+    ("time zone", {"json": job(timezone="Atlantis/Underwater")}),
+    ("interval 0", {"json": job(minutes=0)}),
+    ("interval negative", {"json": job(minutes=-5)}),
+    (
+        "interval NaN",
+        {
+            "content": b'{"func": "tests.jobs:record", "trigger": "interval", "minutes": NaN}',
+            "headers": JSON,
+        },
+    ),
+    ("date", {"json": job(trigger="date", minutes=None, run_date="31/12/2030")}),
+    ("10 MB body", {"content": b'{"func": "' + b"x" * 10_000_000 + b'"}', "headers": JSON}),
+    ("nested 100,000 deep", {"content": nested(100_000), "headers": JSON}),
+    (
+        "nested args",
+        {
+            "content": b'{"func": "tests.jobs:record", "args": ' + nested(500) + b"}",
+            "headers": JSON,
+        },
+    ),
+    (
+        "wrong content type",
+        {"content": json.dumps(job()).encode(), "headers": {"Content-Type": "text/plain"}},
+    ),
+    ("form body", {"data": {"func": RECORD}}),
+    ("not an object", {"json": [job()]}),
+    ("bad utf-8", {"content": b'{"func": "\xff\xfe"}', "headers": JSON}),
+    (
+        "lone surrogate id",
+        {"content": b'{"id": "\\ud800", "func": "tests.jobs:record"}', "headers": JSON},
+    ),
+    ("NUL in id", {"json": job(id="a\x00b")}),
+    ("slash in id", {"json": job(id="a/b")}),
+    ("very long id", {"json": job(id="x" * 10_000)}),
+    (
+        "huge number",
+        {
+            "content": b'{"func": "tests.jobs:record", "max_instances": 1' + b"0" * 5000 + b"}",
+            "headers": JSON,
+        },
+    ),
+    ("unknown field", {"json": job(jobstore="default", executor="processpool")}),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("label", "request_kwargs"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+async def test_bad_job_bodies_are_4xx_and_create_nothing(
+    client: httpx.AsyncClient, label: str, request_kwargs: dict[str, Any]
+) -> None:
+    response = await client.post("/scheduler/jobs", **request_kwargs)
+    assert 400 <= response.status_code < 500, (label, response.status_code, response.text[:300])
+    body = response.json()
+    assert body["error_message"] and isinstance(body["errors"], list)
+    assert "Traceback" not in response.text
+    assert (await client.get("/scheduler/jobs")).json() == []
+    assert (await client.get("/scheduler")).status_code == 200  # still serving
+    patched = await client.patch("/scheduler/jobs/none", **request_kwargs)
+    assert 400 <= patched.status_code < 500, (label, patched.text[:300])
+
+
+@pytest.mark.timeout(30)
+async def test_odd_ids_in_paths(client: httpx.AsyncClient) -> None:
+    for path_id in [
+        "x" * 20_000,
+        "%00",
+        "%ED%A0%80",
+        "%F0%9F%92%A5",
+        "..%2F..%2Fetc",
+        "<script>",
+        "' OR 1=1 --",
+    ]:
+        for method, suffix in [
+            ("GET", ""),
+            ("DELETE", ""),
+            ("POST", "/run"),
+            ("POST", "/pause"),
+            ("GET", "/runs"),
+        ]:
+            response = await client.request(method, f"/scheduler/jobs/{path_id}{suffix}")
+            assert response.status_code in (404, 200), (path_id, method, suffix, response.text)
+            if response.status_code == 404:
+                assert len(response.content) < 2000  # a 20 kB id is not echoed back
+    # A valid unicode id round-trips.
+    created = await client.post("/scheduler/jobs", json=job(id="zürich-🌍"))
+    assert created.status_code == 200, created.text
+    fetched = await client.get("/scheduler/jobs/z%C3%BCrich-%F0%9F%8C%8D")
+    assert fetched.status_code == 200 and fetched.json()["id"] == "zürich-🌍"
+
+
+# -- schemathesis over a real Hypercorn ---------------------------------------------------
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+# Only for bodies: for query strings schemathesis reports false positives when the
+# HTTP client drops the invalid part (a None-valued parameter) before sending.
+BODY_CHECKS = [*CHECKS, negative_data_rejection]
+EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 15}
+
+
+# Scheduler-wide switches go last and are undone after each operation, so the
+# job routes are fuzzed against a running scheduler.
+SWITCHES = ("/pause", "/resume", "/start", "/shutdown")
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_every_operation_from_openapi(hypercorn: Callable[..., Server]) -> None:
+    server = hypercorn(ASYNCAPP_MAX_BODY_BYTES="65536", ASYNCAPP_LOG_LEVEL="WARNING")
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", headers=AUTH)
+    started = time.monotonic()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 15  # every route but /openapi.json itself
+    operations.sort(key=lambda op: op.path.endswith(SWITCHES))
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as client:
+        try:
+            for operation in operations:
+                for mode, examples in EXAMPLES.items():
+                    fuzz(operation, mode, examples)
+                assert client.post("/scheduler/start").status_code == 204
+                assert client.post("/scheduler/resume").status_code == 204
+        except BaseException:
+            print(server.output()[-20_000:])  # the server's side of the failure
+            raise
+        assert client.get("/scheduler").status_code == 200
+    assert time.monotonic() - started < 90
+
+
+def fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, examples: int) -> None:
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    def check(case: schemathesis.Case) -> None:
+        checks = BODY_CHECKS if operation.body else CHECKS
+        case.call_and_validate(headers=AUTH, checks=checks, timeout=10)
+
+    check()
