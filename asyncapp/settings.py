@@ -160,7 +160,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     """Build settings from the environment, then ``overrides`` keyed ``ASYNCAPP_*``.
 
     Keys of ``overrides`` without the prefix are ignored (a Flask config holds
-    other things too); unknown ``ASYNCAPP_*`` keys are errors.
+    other things too); unknown ``ASYNCAPP_*`` keys, there or in the
+    environment, are errors.
 
     :raises SettingsError: naming every bad variable and why.
     """
@@ -169,10 +170,18 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         for key, value in (overrides or {}).items()
         if key.startswith(ENV_PREFIX)
     }
+    # A typo in a variable name must not silently fall back to a default.
+    problems = [
+        f"{name}: unknown setting"
+        for name in sorted(os.environ)
+        if name.startswith(ENV_PREFIX)
+        and name[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+    ]
+    if problems:
+        raise SettingsError(problems)
     try:
         return Settings(**values)
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
             message = error["msg"].removeprefix("Value error, ")
