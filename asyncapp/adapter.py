@@ -15,6 +15,7 @@ them, by ``Content-Length`` when given and while reading otherwise.
 
 from __future__ import annotations
 
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from tempfile import SpooledTemporaryFile
@@ -26,8 +27,9 @@ from asgiref.wsgi import WsgiToAsgiInstance
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
-# The undecorated method: asgiref wraps it with a thread-sensitive sync_to_async.
-_run_wsgi_app = WsgiToAsgiInstance.__dict__["run_wsgi_app"].func
+#: Responses with a Content-Length up to this size are built in the worker
+#: thread and sent from the loop in one go; others stream from the thread.
+BUFFER_LIMIT = 1 << 20
 
 
 class ConcurrentWsgiToAsgi:
@@ -37,7 +39,9 @@ class ConcurrentWsgiToAsgi:
         self.wsgi_app = wsgi_app
         self.max_body_bytes = max_body_bytes
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="asyncapp-http")
-        self._call = SyncToAsync(_run_wsgi_app, thread_sensitive=False, executor=self.executor)
+        # SyncToAsync (not run_in_executor) so that asgiref's AsyncToSync, which
+        # Flask uses for async views, finds this loop from the worker thread.
+        self._call = SyncToAsync(_respond, thread_sensitive=False, executor=self.executor)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -64,7 +68,11 @@ class ConcurrentWsgiToAsgi:
                     break
             body.seek(0)
             instance.sync_send = AsyncToSync(send)
-            await self._call(instance, body)
+            buffered = await self._call(self.wsgi_app, instance, body)
+        if buffered is not None:
+            start, content = buffered
+            await send(start)
+            await send({"type": "http.response.body", "body": content})
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -98,3 +106,62 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def _respond(
+    wsgi_app: Any, instance: WsgiToAsgiInstance, body: Any
+) -> tuple[Message, bytes] | None:
+    """Run the WSGI app in a worker thread.
+
+    A response with a Content-Length of at most ``BUFFER_LIMIT`` is returned
+    whole, for the loop to send: one thread hop per request instead of one per
+    ASGI message (asgiref sends each message with AsyncToSync, which costs
+    more than Flask's own work for a small response).  Anything else streams
+    from this thread as asgiref does.  Unlike asgiref, the iterable is closed,
+    as WSGI requires.
+    """
+    try:
+        environ = instance.build_environ(instance.scope, body)
+    except ValueError:
+        return (
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [(b"content-type", b"text/plain")],
+            },
+            b"Bad Request: Too many duplicate headers",
+        )
+    result = wsgi_app(environ, instance.start_response)
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        iterator = iter(result)
+        for chunk in iterator:
+            chunks.append(chunk)
+            size += len(chunk)
+            length = instance.response_content_length
+            if length is None or size > BUFFER_LIMIT:
+                _stream(instance, chunks, iterator)
+                return None
+        length = instance.response_content_length
+        content = b"".join(chunks)
+        return instance.response_start, content if length is None else content[:length]
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+
+def _stream(instance: WsgiToAsgiInstance, first: list[bytes], rest: Any) -> None:
+    instance.response_started = True
+    instance.sync_send(instance.response_start)
+    sent = 0
+    length = instance.response_content_length
+    for chunk in itertools.chain(first, rest):
+        if length is not None:
+            chunk = chunk[: length - sent]
+        instance.sync_send({"type": "http.response.body", "body": chunk, "more_body": True})
+        sent += len(chunk)
+        if length is not None and sent >= length:
+            break
+    instance.sync_send({"type": "http.response.body"})

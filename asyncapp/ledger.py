@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from .db import Database, Writer, as_utc, runs_table
@@ -68,8 +68,9 @@ class Ledger:
 
     def record(self, run: Run) -> None:
         """Queue the run's current state for writing; returns at once."""
-        values = {k: v for k, v in asdict(run).items() if k != "id"}
-        self.writer.put(("run", run.id), lambda conn: _upsert(conn, run.id, values))
+        values = asdict(run)
+        del values["id"]
+        self.writer.upsert(runs_table, run.id, values)
 
     async def list(
         self,
@@ -84,12 +85,6 @@ class Ledger:
         return await self.db.run(
             self.db.transaction, lambda conn: _select(conn, job_id, status, limit, offset)
         )
-
-
-def _upsert(conn: Connection, run_id: str, values: dict[str, Any]) -> None:
-    result = conn.execute(update(runs_table).where(runs_table.c.id == run_id).values(**values))
-    if result.rowcount == 0:
-        conn.execute(runs_table.insert().values(id=run_id, **values))
 
 
 def _select(

@@ -26,7 +26,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.base import BaseScheduler
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from .db import Database, Writer, bump_revision, jobs_table, read_revision
@@ -199,15 +199,19 @@ class JobStore(MemoryJobStore):
 
     def _queue_upsert(self, row: Row) -> None:
         if self.writer is not None:
-            self.writer.put(("job", row.id), lambda conn: _upsert(conn, row))
+            self.writer.upsert(
+                jobs_table,
+                row.id,
+                {"func": row.func, "next_run_time": row.next_run_time, "data": row.data},
+            )
 
     def _queue_delete(self, job_id: str) -> None:
         if self.writer is not None:
-            self.writer.put(("job", job_id), lambda conn: _delete(conn, job_id))
+            self.writer.delete(jobs_table, job_id)
 
-    def after_batch(self, conn: Connection, keys: list[tuple[Any, ...]]) -> None:
+    def after_batch(self, conn: Connection, keys: list[tuple[str, str]]) -> None:
         """Writer hook (database thread): bump the revision if jobs changed."""
-        job_ids = [key[1] for key in keys if key[0] == "job"]
+        job_ids = [row_id for table, row_id in keys if table == jobs_table.name]
         if not job_ids:
             return
         self._batches += 1
@@ -233,7 +237,9 @@ class JobStore(MemoryJobStore):
         pending = self.writer.pending_keys() if self.writer is not None else set()
 
         def newer_locally(job_id: str) -> bool:
-            return ("job", job_id) in pending or self._written_in_batch.get(job_id, 0) > snapshot
+            return (jobs_table.name, job_id) in pending or (
+                self._written_in_batch.get(job_id, 0) > snapshot
+            )
 
         with self._scheduler._jobstores_lock:
             seen = set()
@@ -265,17 +271,6 @@ class JobStore(MemoryJobStore):
             MemoryJobStore.add_job(self, job)
         else:
             MemoryJobStore.update_job(self, job)
-
-
-def _upsert(conn: Connection, row: Row) -> None:
-    values = {"func": row.func, "next_run_time": row.next_run_time, "data": row.data}
-    result = conn.execute(update(jobs_table).where(jobs_table.c.id == row.id).values(**values))
-    if result.rowcount == 0:
-        conn.execute(jobs_table.insert().values(id=row.id, **values))
-
-
-def _delete(conn: Connection, job_id: str) -> None:
-    conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id))
 
 
 def _timestamp(value: datetime | None) -> float | None:

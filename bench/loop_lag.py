@@ -2,7 +2,8 @@
 
 Compares asyncapp's store (memory for the scheduler, write-behind to SQLite from
 one database thread) with APScheduler's own ``SQLAlchemyJobStore`` on the same
-SQLite file kind, both on an ``AsyncIOScheduler`` in this process.  Lag is how
+SQLite file kind, each on an ``AsyncIOScheduler`` in a fresh process of its own
+(so neither inherits the other's heap or garbage-collector state).  Lag is how
 late a 10 ms ``asyncio.sleep`` wakes up, sampled continuously.
 
     .venv/bin/python -m bench.loop_lag [--jobs 300] [--seconds 10]
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -104,17 +108,42 @@ def summary(lags: list[float]) -> tuple[float, float, float]:
     return cuts[49], cuts[98], max(lags)
 
 
-async def main() -> None:
+STORES = {"asyncapp": run_asyncapp, "apscheduler-sqlalchemy": run_apscheduler}
+
+
+async def one(store: str, jobs: int, seconds: float) -> None:
+    # Under the working directory, not /tmp: the database should sit on the
+    # disk a deployment's ./instance/ would, where a commit costs an fsync.
+    with tempfile.TemporaryDirectory(dir=".", prefix=".loop_lag-") as tmp:
+        lags, runs = await STORES[store](Path(tmp), jobs, seconds)
+    print(json.dumps({"runs": runs, "lag": summary(lags)}))
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300, help="interval jobs, each every 1 s")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--store", choices=STORES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.store:
+        asyncio.run(one(args.store, args.jobs, args.seconds))
+        return
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        stores = (("asyncapp", run_asyncapp), ("apscheduler-sqlalchemy", run_apscheduler))
-        for name, runner in stores:
-            lags, runs = await runner(Path(tmp), args.jobs, args.seconds)
-            rows.append((name, runs, *summary(lags)))
+    for store in STORES:
+        command = [
+            sys.executable,
+            "-m",
+            "bench.loop_lag",
+            "--store",
+            store,
+            "--jobs",
+            str(args.jobs),
+            "--seconds",
+            str(args.seconds),
+        ]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        rows.append((store, result["runs"], *result["lag"]))
     print(
         f"{args.jobs} interval jobs every 1 s for {args.seconds:.0f} s (runs expected ~"
         f"{int(args.jobs * (args.seconds - 1))})"
@@ -122,9 +151,8 @@ async def main() -> None:
     print(f"{'store':<24}{'runs':>8}{'lag p50 ms':>12}{'lag p99 ms':>12}{'lag max ms':>12}")
     for name, runs, p50, p99, worst in rows:
         print(f"{name:<24}{runs:>8}{p50:>12.2f}{p99:>12.2f}{worst:>12.2f}")
-    base, ours = rows[1][3], rows[0][3]
-    print(f"p99 lag ratio apscheduler/asyncapp: {base / ours:.1f}x")
+    print(f"p99 lag ratio apscheduler/asyncapp: {rows[1][3] / rows[0][3]:.1f}x")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
