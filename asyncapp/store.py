@@ -83,12 +83,15 @@ class JobStore(MemoryJobStore):
             Row(r.id, r.func, r.next_run_time, r.data)
             for r in conn.execute(select(jobs_table).order_by(jobs_table.c.id))
         ]
+        # Set here, on the database thread, where after_batch also runs: set on
+        # the loop after the await, it could go back behind a batch written in
+        # between, and every later batch would look like another process's.
+        self._known_revision = revision
         return revision, self._batches, rows
 
     async def prime(self) -> None:
         """Load the stored jobs; they enter memory when the scheduler starts."""
-        revision, _, rows = await self.db.run(self.db.transaction, self.load)
-        self._known_revision = revision
+        _, _, rows = await self.db.run(self.db.transaction, self.load)
         self._primed = rows
 
     def start(self, scheduler: BaseScheduler, alias: str) -> None:
@@ -230,8 +233,7 @@ class JobStore(MemoryJobStore):
         Local changes win over older rows: a row is skipped when a newer local
         write for that job is queued or was written after the rows were read.
         """
-        revision = await self.db.run(self.db.transaction, read_revision)
-        if revision == self._known_revision or self._scheduler is None:
+        if self._scheduler is None or not await self.db.run(self.db.transaction, self._changed):
             return False
         revision, snapshot, rows = await self.db.run(self.db.transaction, self.load)
         pending = self.writer.pending_keys() if self.writer is not None else set()
@@ -252,10 +254,13 @@ class JobStore(MemoryJobStore):
                     MemoryJobStore.remove_job(self, job.id)
             for job_id in set(self.broken) - seen:
                 del self.broken[job_id]
-            self._known_revision = revision
         self._scheduler.wakeup()
         log.info("reloaded jobs changed by another process (revision %s)", revision)
         return True
+
+    def _changed(self, conn: Connection) -> bool:
+        """Whether another process wrote jobs since we last looked (database thread)."""
+        return read_revision(conn) != self._known_revision
 
     def _apply_row(self, row: Row) -> None:
         current = self.lookup_job(row.id)

@@ -459,3 +459,28 @@ async def test_run_history_records_success_and_error(
         ("bad", "error", "ValueError", "boom"),
         ("good", "success", None, None),
     ]
+
+
+async def test_own_writes_are_not_mistaken_for_another_process(
+    url: str, make_app: Callable[..., Flask]
+) -> None:
+    """Reloading costs a full read of the table: only other processes' writes may cause it."""
+    async with started(make_app(database_url=url)) as (_, service):
+        store = service.runtime.store
+        for i in range(5):
+            await service.add_job(
+                {
+                    "id": f"own{i}",
+                    "func": "tests.jobs:record",
+                    "args": ["x"],
+                    "trigger": {"type": "interval", "minutes": 5},
+                }
+            )
+            await service.pause_job(f"own{i}")
+            assert await store.sync() is False
+        with create_engine(url).begin() as conn:
+            change_minutes(conn, "own0", 7)
+        assert await store.sync() is True
+        assert service.get_job("own0")["minutes"] == 7
+        await service.resume_job("own1")
+        assert await store.sync() is False
