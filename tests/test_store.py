@@ -478,8 +478,10 @@ async def test_own_writes_are_not_mistaken_for_another_process(
             )
             await service.pause_job(f"own{i}")
             assert await store.sync() is False
-        with create_engine(url).begin() as conn:
+        other = create_engine(url)
+        with other.begin() as conn:
             change_minutes(conn, "own0", 7)
+        other.dispose()
         assert await store.sync() is True
         assert service.get_job("own0")["minutes"] == 7
         await service.resume_job("own1")
