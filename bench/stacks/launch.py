@@ -1,0 +1,59 @@
+"""Command line and environment that start each stack as a real server process."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+STACKS = ("asyncapp", "seed", "ceiling")
+#: Stacks with an event loop, whose loop lag is measured (seed has threads only).
+LOOP_STACKS = ("asyncapp", "ceiling")
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "hypercorn.toml"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start one stack: argv and extra environment."""
+
+    argv: list[str]
+    env: dict[str, str]
+
+
+def hypercorn_config(port: int, workdir: Path, shipped: bool) -> Path:
+    """A Hypercorn config binding 127.0.0.1:``port``, one worker.
+
+    ``shipped``: the repository's hypercorn.toml (access log on, as users run it)
+    with only ``bind`` replaced; otherwise a bare config without access log.
+    """
+    path = workdir / f"hypercorn-{port}.toml"
+    bind = f'bind = ["127.0.0.1:{port}"]'
+    if shipped:
+        text = re.sub(r"(?m)^bind\s*=.*$", bind, SHIPPED_CONFIG.read_text())
+    else:
+        text = f"{bind}\nworkers = 1\nbacklog = 4096\ngraceful_timeout = 5\n"
+    path.write_text(text)
+    return path
+
+
+def launch(stack: str, port: int, upstream: str, workdir: Path, database: Path) -> Launch:
+    """The ``Launch`` of ``stack``; asyncapp keeps its jobs and runs in ``database``."""
+    env = {"BENCH_UPSTREAM": upstream}
+    if stack == "seed":
+        argv = [sys.executable, "-m", "bench.stacks.seed_app", "--port", str(port)]
+        return Launch(argv, env)
+    module = {
+        "asyncapp": "bench.stacks.asyncapp_app:app",
+        "ceiling": "bench.stacks.ceiling_app:app",
+    }
+    if stack not in module:
+        raise ValueError(f"unknown stack {stack!r}; use one of {', '.join(STACKS)}")
+    config = hypercorn_config(port, workdir, shipped=stack == "asyncapp")
+    argv = [sys.executable, "-m", "hypercorn", "-c", str(config), module[stack]]
+    if stack == "asyncapp":
+        env |= {
+            "ASYNCAPP_DATABASE_URL": f"sqlite:///{database}",
+            "ASYNCAPP_JOB_MODULES": "bench.stacks.asyncapp_jobs",
+        }
+    return Launch(argv, env)
