@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -14,28 +13,6 @@ from tests.conftest import AUTH, TOKEN, Server
 pytestmark = pytest.mark.timeout(60)
 
 WRONG = "wrong-token-that-must-not-be-logged"
-
-
-@pytest.fixture
-def hypercorn(hypercorn_server: Callable[..., Server]) -> Iterator[Callable[..., Server]]:
-    """``hypercorn_server`` that also closes the output pipe it leaves open.
-
-    Without this the pipe is closed by the garbage collector, and the
-    ResourceWarning fails whichever test runs then.
-    """
-    started: list[Server] = []
-
-    def start(**env: str) -> Server:
-        started.append(hypercorn_server(**env))
-        return started[-1]
-
-    yield start
-    for each in started:
-        each.stop()
-        with contextlib.suppress(AssertionError):
-            each.wait_for("\x00 end of output", timeout=10)  # returns at EOF
-        assert each.process.stdout is not None
-        each.process.stdout.close()
 
 
 def wait_run(client: httpx.Client, job_id: str) -> dict[str, object]:
@@ -48,8 +25,8 @@ def wait_run(client: httpx.Client, job_id: str) -> dict[str, object]:
     raise AssertionError(f"the run of {job_id} did not finish")
 
 
-def test_jobs_run_and_history_over_a_socket(hypercorn: Callable[..., Server]) -> None:
-    server = hypercorn()
+def test_jobs_run_and_history_over_a_socket(hypercorn_server: Callable[..., Server]) -> None:
+    server = hypercorn_server()
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as client:
         assert client.get("/scheduler").json()["state"] == "running"
         body = {
@@ -69,8 +46,8 @@ def test_jobs_run_and_history_over_a_socket(hypercorn: Callable[..., Server]) ->
         assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
 
 
-def test_auth_and_bad_input_over_a_socket(hypercorn: Callable[..., Server]) -> None:
-    server = hypercorn(ASYNCAPP_MAX_BODY_BYTES="65536")
+def test_auth_and_bad_input_over_a_socket(hypercorn_server: Callable[..., Server]) -> None:
+    server = hypercorn_server(ASYNCAPP_MAX_BODY_BYTES="65536")
     with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.get("/scheduler/jobs").status_code == 401
         assert (

@@ -7,10 +7,9 @@ get a 5xx and every response must match the document.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -30,28 +29,6 @@ from tests.conftest import AUTH, Server
 
 RECORD = "tests.jobs:record"
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-def hypercorn(hypercorn_server: Callable[..., Server]) -> Iterator[Callable[..., Server]]:
-    """``hypercorn_server`` that also closes the output pipe it leaves open.
-
-    Without this the pipe is closed by the garbage collector, and the
-    ResourceWarning fails whichever test runs then.
-    """
-    started: list[Server] = []
-
-    def start(**env: str) -> Server:
-        started.append(hypercorn_server(**env))
-        return started[-1]
-
-    yield start
-    for each in started:
-        each.stop()
-        with contextlib.suppress(AssertionError):
-            each.wait_for("\x00 end of output", timeout=10)  # returns at EOF
-        assert each.process.stdout is not None
-        each.process.stdout.close()
 
 
 @pytest.fixture
@@ -192,8 +169,8 @@ SWITCHES = ("/pause", "/resume", "/start", "/shutdown")
 
 
 @pytest.mark.timeout(120)
-def test_fuzz_every_operation_from_openapi(hypercorn: Callable[..., Server]) -> None:
-    server = hypercorn(ASYNCAPP_MAX_BODY_BYTES="65536", ASYNCAPP_LOG_LEVEL="WARNING")
+def test_fuzz_every_operation_from_openapi(hypercorn_server: Callable[..., Server]) -> None:
+    server = hypercorn_server(ASYNCAPP_MAX_BODY_BYTES="65536", ASYNCAPP_LOG_LEVEL="WARNING")
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", headers=AUTH)
     started = time.monotonic()
     operations = [result.ok() for result in schema.get_all_operations()]
