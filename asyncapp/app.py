@@ -20,6 +20,8 @@ from typing import Any
 from flask import Blueprint, Flask, jsonify
 from sqlalchemy import text
 
+from .api import init_api
+from .cli import init_cli
 from .errors import NotRunning
 from .runtime import Runtime
 from .service import JobService
@@ -54,10 +56,6 @@ class AsyncApp:
         app.extensions["asyncapp"] = self
         app.register_blueprint(_health_blueprint())
         _configure_logging(self.settings.log_level)
-
-        from .api import init_api
-        from .cli import init_cli
-
         init_api(app, self)
         init_cli(app)
 
