@@ -1,0 +1,75 @@
+"""The default app's jobs: the seed's hourly task and the uptime check."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiohttp import web
+from flask import Flask
+
+from tests.conftest import AUTH, serve
+
+
+@pytest.fixture
+async def sites() -> AsyncIterator[str]:
+    """A real server on loopback: /up answers 200, /down answers 503."""
+
+    async def up(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def down(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/up", up)
+    app.router.add_get("/down", down)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_default_jobs_are_the_hourly_task_only(make_app: Callable[..., Flask]) -> None:
+    async with serve(make_app(job_modules="asyncapp.examples")) as client:
+        jobs = (await client.get("/scheduler/jobs", headers=AUTH)).json()
+    assert [(job["id"], job["trigger"], job["hours"]) for job in jobs] == [
+        ("hourly_task", "interval", 1)
+    ]
+
+
+async def test_hourly_task_logs_the_time(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="asyncapp")
+    async with serve(make_app(job_modules="asyncapp.examples")) as client:
+        await client.post("/scheduler/jobs/hourly_task/run", headers=AUTH)
+        runs = (await client.get("/scheduler/jobs/hourly_task/runs", headers=AUTH)).json()
+    assert [run["status"] for run in runs["runs"]] == ["success"]
+    assert any("Task execution time:" in record.getMessage() for record in caplog.records)
+
+
+async def test_uptime_check_logs_status_and_latency_and_fails_on_a_down_url(
+    make_app: Callable[..., Flask], sites: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="asyncapp")
+    app = make_app(job_modules="asyncapp.examples", uptime_urls=f"{sites}/up,{sites}/down")
+    async with serve(app) as client:
+        job = (await client.get("/scheduler/jobs/uptime_check", headers=AUTH)).json()
+        assert job["trigger"] == "interval" and job["minutes"] == 1
+        await client.post("/scheduler/jobs/uptime_check/run", headers=AUTH)
+        runs = (await client.get("/scheduler/jobs/uptime_check/runs", headers=AUTH)).json()
+    (run,) = runs["runs"]
+    assert run["status"] == "error"
+    assert run["error_message"] == f"{sites}/down: HTTP 503"
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(
+        line.startswith(f"uptime {sites}/up: 200 in ") and line.endswith(" ms") for line in lines
+    )
+    assert any(line.startswith(f"uptime {sites}/down: 503 in ") for line in lines)
