@@ -36,6 +36,11 @@ async def sites() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+async def finished(app: Flask) -> None:
+    """Wait until the runs in progress have ended (the executor's tasks are done)."""
+    assert await app.extensions["asyncapp"].runtime.executor.drain(grace=10) == 0
+
+
 async def test_default_jobs_are_the_hourly_task_only(make_app: Callable[..., Flask]) -> None:
     async with serve(make_app(job_modules="asyncapp.examples")) as client:
         jobs = (await client.get("/scheduler/jobs", headers=AUTH)).json()
@@ -48,8 +53,10 @@ async def test_hourly_task_logs_the_time(
     make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="asyncapp")
-    async with serve(make_app(job_modules="asyncapp.examples")) as client:
+    app = make_app(job_modules="asyncapp.examples")
+    async with serve(app) as client:
         await client.post("/scheduler/jobs/hourly_task/run", headers=AUTH)
+        await finished(app)
         runs = (await client.get("/scheduler/jobs/hourly_task/runs", headers=AUTH)).json()
     assert [run["status"] for run in runs["runs"]] == ["success"]
     assert any("Task execution time:" in record.getMessage() for record in caplog.records)
@@ -64,6 +71,7 @@ async def test_uptime_check_logs_status_and_latency_and_fails_on_a_down_url(
         job = (await client.get("/scheduler/jobs/uptime_check", headers=AUTH)).json()
         assert job["trigger"] == "interval" and job["minutes"] == 1
         await client.post("/scheduler/jobs/uptime_check/run", headers=AUTH)
+        await finished(app)
         runs = (await client.get("/scheduler/jobs/uptime_check/runs", headers=AUTH)).json()
     (run,) = runs["runs"]
     assert run["status"] == "error"
