@@ -130,6 +130,25 @@ async def asgi_client(make_app: Callable[..., Flask]) -> AsyncIterator[httpx.Asy
         yield client
 
 
+@contextlib.asynccontextmanager
+async def loopback_site(routes: dict[str, Any]) -> AsyncIterator[str]:
+    """A real aiohttp server on 127.0.0.1 serving ``{path: handler}``; yields its base URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 # -- real Hypercorn processes ---------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from flask import Flask
 
-from tests.conftest import AUTH, serve
+from tests.conftest import AUTH, loopback_site, serve
 
 
 @pytest.fixture
@@ -22,18 +22,8 @@ async def sites() -> AsyncIterator[str]:
     async def down(request: web.Request) -> web.Response:
         return web.Response(status=503)
 
-    app = web.Application()
-    app.router.add_get("/up", up)
-    app.router.add_get("/down", down)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with loopback_site({"/up": up, "/down": down}) as url:
+        yield url
 
 
 async def finished(app: Flask) -> None:

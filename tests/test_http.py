@@ -9,6 +9,7 @@ from aiohttp import web
 
 from asyncapp import http
 from asyncapp.settings import load_settings
+from tests.conftest import loopback_site
 
 
 @pytest.fixture
@@ -23,18 +24,8 @@ async def upstream() -> AsyncIterator[str]:
     async def echo(request: web.Request) -> web.Response:
         return web.Response(text=request.headers.get("Cookie", ""))
 
-    app = web.Application()
-    app.router.add_get("/set", set_cookie)
-    app.router.add_get("/echo", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with loopback_site({"/set": set_cookie, "/echo": echo}) as url:
+        yield url
 
 
 async def test_shared_client_keeps_no_cookies_between_requests(upstream: str) -> None:
