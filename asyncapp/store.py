@@ -68,6 +68,9 @@ class JobStore(MemoryJobStore):
         self._known_revision = -1
         self._batches = 0
         self._written_in_batch: dict[str, int] = {}
+        # The row of each job in memory, as last loaded or queued: lets a reload
+        # skip unchanged jobs without serialising each one again on the loop.
+        self._rows: dict[str, Row] = {}
 
     # -- loading -----------------------------------------------------------
 
@@ -101,6 +104,7 @@ class JobStore(MemoryJobStore):
             job = self._job_or_broken(row)
             if job is not None:
                 MemoryJobStore.add_job(self, job)
+                self._rows[row.id] = row
 
     def shutdown(self) -> None:
         """Keep jobs: they live on in the database and in memory for a restart."""
@@ -201,6 +205,7 @@ class JobStore(MemoryJobStore):
     # -- writes --------------------------------------------------------------
 
     def _queue_upsert(self, row: Row) -> None:
+        self._rows[row.id] = row
         if self.writer is not None:
             self.writer.upsert(
                 jobs_table,
@@ -209,6 +214,7 @@ class JobStore(MemoryJobStore):
             )
 
     def _queue_delete(self, job_id: str) -> None:
+        self._rows.pop(job_id, None)
         if self.writer is not None:
             self.writer.delete(jobs_table, job_id)
 
@@ -252,6 +258,7 @@ class JobStore(MemoryJobStore):
             for job in self.get_all_jobs():
                 if job.id not in seen and not newer_locally(job.id):
                     MemoryJobStore.remove_job(self, job.id)
+                    self._rows.pop(job.id, None)
             for job_id in set(self.broken) - seen:
                 del self.broken[job_id]
         self._scheduler.wakeup()
@@ -264,13 +271,15 @@ class JobStore(MemoryJobStore):
 
     def _apply_row(self, row: Row) -> None:
         current = self.lookup_job(row.id)
-        if current is not None and self.row(current) == row:
+        if current is not None and self._rows.get(row.id) == row:
             return
         job = self._job_or_broken(row)
         if job is None:
             if current is not None:
                 MemoryJobStore.remove_job(self, row.id)
+                self._rows.pop(row.id, None)
             return
+        self._rows[row.id] = row
         self.broken.pop(row.id, None)
         if current is None:
             MemoryJobStore.add_job(self, job)
