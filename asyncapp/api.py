@@ -26,7 +26,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import (
@@ -39,6 +39,7 @@ from werkzeug.exceptions import (
 
 from .errors import (
     AsyncAppError,
+    DatabaseUnavailable,
     InvalidJob,
     JobBusy,
     JobExists,
@@ -46,10 +47,38 @@ from .errors import (
     NotRunning,
     UnknownFunction,
 )
-from .openapi import ErrorResponse, Job, Operation, RunPage, SchedulerInfo, build_document
-from .schemas import JobCreate, JobUpdate, RunQuery, ShutdownRequest, is_safe_text
+from .openapi import (
+    ChangePage,
+    ErrorResponse,
+    Job,
+    Operation,
+    RunPage,
+    SchedulerInfo,
+    build_document,
+)
+from .schemas import (
+    JobCreate,
+    JobUpdate,
+    PageQuery,
+    PauseRequest,
+    RunQuery,
+    ShutdownRequest,
+    is_safe_text,
+)
+from .service import JobService
+from .store import Actor
 from .tasks import registry
-from .validation import parse_job_create, parse_job_update, parse_run_query, parse_shutdown
+from .validation import (
+    parse_job_create,
+    parse_job_update,
+    parse_page_query,
+    parse_pause,
+    parse_run_query,
+    parse_shutdown,
+)
+
+if TYPE_CHECKING:
+    from .app import AsyncApp
 
 log = logging.getLogger("asyncapp.api")
 
@@ -93,7 +122,13 @@ OPERATIONS: list[Operation] = [
     ),
     Operation("DELETE", "/jobs/<job_id>", "delete_job", "Remove a job", status=204, errors=(404,)),
     Operation(
-        "POST", "/jobs/<job_id>/pause", "pause_job", "Pause a job", response=Job, errors=(422,)
+        "POST",
+        "/jobs/<job_id>/pause",
+        "pause_job",
+        "Pause a job, optionally with a note saying why",
+        response=Job,
+        body=PauseRequest,
+        errors=(422,),
     ),
     Operation(
         "POST", "/jobs/<job_id>/resume", "resume_job", "Resume a job", response=Job, errors=(422,)
@@ -117,11 +152,19 @@ OPERATIONS: list[Operation] = [
     Operation(
         "GET", "/runs", "get_runs", "Run history of all jobs", response=RunPage, query=RunQuery
     ),
+    Operation(
+        "GET",
+        "/jobs/<job_id>/changes",
+        "get_job_changes",
+        "Change history of a job: who changed what, when, from where",
+        response=ChangePage,
+        query=PageQuery,
+    ),
     Operation("GET", "/openapi.json", "openapi", "This OpenAPI document", prefixed=False),
 ]
 
 
-def init_api(app: Flask, ext: Any) -> None:
+def init_api(app: Flask, ext: AsyncApp) -> None:
     """Register the management API on ``app`` under ``ext.settings.api_prefix``.
 
     Every route, ``/openapi.json`` included, requires the bearer token; with
@@ -164,12 +207,16 @@ def _guard() -> Response | None:
     return None
 
 
-def _ext() -> Any:
-    return current_app.extensions["asyncapp"]
+def _ext() -> AsyncApp:
+    return cast("AsyncApp", current_app.extensions["asyncapp"])
 
 
-def _service() -> Any:
+def _service() -> JobService:
     return _ext().service()
+
+
+def _actor() -> Actor:
+    return Actor("api", request.remote_addr)
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -226,69 +273,69 @@ def _job_id(job_id: str) -> str:
 
 
 async def get_scheduler_info() -> Response:
-    return _json(_service().scheduler_info())
+    return _json(await _service().scheduler_info())
 
 
 async def pause_scheduler() -> Response:
-    _service().pause_scheduler()
+    await _service().pause_scheduler(_actor())
     return _no_content()
 
 
 async def resume_scheduler() -> Response:
-    _service().resume_scheduler()
+    await _service().resume_scheduler(_actor())
     return _no_content()
 
 
 async def start_scheduler() -> Response:
-    _service().start_scheduler()
+    await _service().start_scheduler(_actor())
     return _no_content()
 
 
 async def shutdown_scheduler() -> Response:
-    # ``wait`` is accepted for Flask-APScheduler clients; shutdown always lets
-    # running jobs finish within ASYNCAPP_SHUTDOWN_GRACE.
+    # ``wait`` is accepted for Flask-APScheduler clients; running jobs always go on.
     if request.get_data(cache=True).strip():  # the body is optional, but checked when sent
         parse_shutdown(_body())
-    _service().shutdown_scheduler()
+    await _service().shutdown_scheduler(_actor())
     return _no_content()
 
 
 async def get_jobs() -> Response:
-    return _json(_service().list_jobs())
+    return _json(await _service().list_jobs())
 
 
 async def add_job() -> Response:
     spec = parse_job_create(_body())
-    return _json(await _service().add_job(spec))
+    return _json(await _service().add_job(spec, _actor()))
 
 
 async def get_job(job_id: str) -> Response:
-    return _json(_service().get_job(_job_id(job_id)))
+    return _json(await _service().get_job(_job_id(job_id)))
 
 
 async def update_job(job_id: str) -> Response:
     changes = parse_job_update(_job_id(job_id), _body())
-    return _json(await _service().update_job(job_id, changes))
+    return _json(await _service().update_job(job_id, changes, _actor()))
 
 
 async def delete_job(job_id: str) -> Response:
-    await _service().delete_job(_job_id(job_id))
+    await _service().delete_job(_job_id(job_id), _actor())
     return _no_content()
 
 
 async def pause_job(job_id: str) -> Response:
-    return _json(await _service().pause_job(_job_id(job_id)))
+    note = parse_pause(_body()) if request.get_data(cache=True).strip() else None
+    return _json(await _service().pause_job(_job_id(job_id), _actor(), note))
 
 
 async def resume_job(job_id: str) -> Response:
-    return _json(await _service().resume_job(_job_id(job_id)))
+    return _json(await _service().resume_job(_job_id(job_id), _actor()))
 
 
 async def run_job(job_id: str) -> Response:
     service = _service()
-    run = await service.run_job(_job_id(job_id))
+    run = await service.run_job(_job_id(job_id), _actor())
     # Flask-APScheduler answers with the job; the run rides along for us.
-    return _json({**service.get_job(job_id), "run": run})
+    return _json({**await service.get_job(job_id), "run": run})
 
 
 async def get_job_runs(job_id: str) -> Response:
@@ -300,6 +347,11 @@ async def get_job_runs(job_id: str) -> Response:
 async def get_runs() -> Response:
     query = parse_run_query(request.args.to_dict())
     return _json(await _service().list_runs(None, query.status, query.limit, query.offset))
+
+
+async def get_job_changes(job_id: str) -> Response:
+    query = parse_page_query(request.args.to_dict())
+    return _json(await _service().job_changes(_job_id(job_id), query.limit, query.offset))
 
 
 async def openapi() -> Response:
@@ -328,6 +380,7 @@ STATUS = [
     (JobExists, 409),
     (JobBusy, 409),
     (NotRunning, 503),
+    (DatabaseUnavailable, 503),
 ]
 
 
@@ -339,6 +392,11 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _unexpected_error(exc: Exception) -> Response:
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("%s %s: %s (%s)", request.method, request.path, exc, exc.detail)
+        response = _app_error(exc)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, AsyncAppError):
         return _app_error(exc)
     log.exception("unexpected error in %s %s", request.method, request.path)

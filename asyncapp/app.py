@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from flask import Blueprint, Flask, jsonify
-from sqlalchemy import text
+from flask import Blueprint, Flask, current_app, jsonify
 
 from .api import init_api
 from .cli import init_cli
-from .errors import NotRunning
-from .runtime import Runtime
+from .cluster import CLI, SERVER
+from .errors import DatabaseUnavailable
+from .runtime import Runtime, offline_service
 from .service import JobService
 from .settings import Settings, load_settings
 
@@ -68,25 +68,34 @@ class AsyncApp:
 
     def service(self) -> JobService:
         """The job service of the running app. :raises NotRunning: when not started."""
-        if not self.runtime.started:
-            raise NotRunning("the job service")
-        return JobService(self.runtime)
+        return self.runtime.service
+
+    def offline_service(self, *, writes: bool = True) -> AbstractAsyncContextManager[JobService]:
+        """A job service over the database alone, that runs nothing (CLI commands).
+
+        ``writes=False`` never writes, not even a schema upgrade: if the database
+        needs one, it raises :class:`~asyncapp.errors.DatabaseUnavailable` saying so.
+        """
+        return offline_service(self.settings, writes=writes)
 
     @asynccontextmanager
-    async def offline_service(self) -> AsyncIterator[JobService]:
-        """A job service over the database that never fires on schedule (for the CLI).
-
-        Changes reach a running server through the database within
-        ``ASYNCAPP_SYNC_INTERVAL``; jobs it runs now run in this process, and
-        leaving the block waits for them.
-        """
+    async def cli_runtime(self) -> AsyncIterator[Runtime]:
+        """A runtime that can run a job now but fires nothing on schedule (``jobs run``)."""
         assert self.app is not None
-        runtime = Runtime(self.settings, run_context=self.app.app_context, fire=False)
+        runtime = Runtime(self.settings, run_context=self.app.app_context, role=CLI)
         await runtime.start()
         try:
-            yield JobService(runtime)
+            yield runtime
         finally:
             await runtime.stop(grace=3600)
+
+
+def extension(app: Flask) -> AsyncApp:
+    """The :class:`AsyncApp` attached to ``app``. :raises RuntimeError: if none is."""
+    ext = app.extensions.get("asyncapp")
+    if not isinstance(ext, AsyncApp):
+        raise RuntimeError("asyncapp is not attached to this Flask app; call AsyncApp(app)")
+    return ext
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -107,43 +116,38 @@ def _health_blueprint() -> Blueprint:
 
     @health.get("/healthz")
     async def healthz() -> Any:
-        """Liveness: the process answers; says what the scheduler is doing."""
-        runtime = _ext().runtime
-        if runtime.started:
-            scheduler = JobService(runtime).scheduler_info()
-        else:
-            scheduler = {"state": "stopped", "running": False}
-        return jsonify(status="ok", node=runtime.settings.node_name, scheduler=scheduler)
+        """Liveness: the process answers; says what it and the cluster are doing."""
+        runtime = extension(current_app).runtime
+        body: dict[str, Any] = {"status": "ok", "node": runtime.settings.node_name}
+        if not runtime.started:
+            body["scheduler"] = {"state": "stopped", "running": False}
+            return jsonify(body)
+        try:
+            body["scheduler"] = await runtime.service.scheduler_info()
+        except DatabaseUnavailable:
+            body["scheduler"] = {
+                "state": runtime.scheduler.state_name if runtime.role == SERVER else "none",
+                "running": False,
+                "process": runtime.info(),
+                "database": "unavailable",
+            }
+        return jsonify(body)
 
     @health.get("/readyz")
     async def readyz() -> Any:
-        """Readiness: the database answers and the scheduler runs; 503 otherwise."""
-        runtime = _ext().runtime
-        problems = []
-        if not runtime.started:
-            problems.append("asyncapp is not started")
-        else:
-            if runtime.scheduler.state_name != "running":
-                problems.append(f"the scheduler is {runtime.scheduler.state_name}")
+        """Readiness: the database answers and this process fires; 503 and why otherwise."""
+        runtime = extension(current_app).runtime
+        problems = runtime.problems()
+        if runtime.started and not any("database" in problem for problem in problems):
             try:
-                await asyncio.wait_for(runtime.db.run(_ping, runtime.db), READY_TIMEOUT)
-            except Exception:
-                log.warning("readiness check: the database did not answer", exc_info=True)
-                problems.append("the database is not reachable")
+                async with asyncio.timeout(READY_TIMEOUT):
+                    await runtime.ping()
+            except (DatabaseUnavailable, TimeoutError):
+                problems.append("the database is unavailable")
         status = 503 if problems else 200
         return jsonify(ready=not problems, problems=problems), status
 
     return health
-
-
-def _ping(db: Any) -> None:
-    db.transaction(lambda conn: conn.execute(text("SELECT 1")))
-
-
-def _ext() -> AsyncApp:
-    from flask import current_app
-
-    return current_app.extensions["asyncapp"]  # type: ignore[no-any-return]
 
 
 def _configure_logging(level: str) -> None:

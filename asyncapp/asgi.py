@@ -21,7 +21,7 @@ from flask import Flask
 from . import http
 from .adapter import ConcurrentWsgiToAsgi
 from .app import AsyncApp, create_app
-from .errors import SettingsError
+from .errors import DatabaseUnavailable, SettingsError
 
 log = logging.getLogger("asyncapp.asgi")
 
@@ -62,7 +62,7 @@ class AsgiApp:
                     log.error(
                         "startup failed: %s",
                         _one_line(exc),
-                        exc_info=not isinstance(exc, SettingsError),
+                        exc_info=not isinstance(exc, SettingsError | DatabaseUnavailable),
                     )
                     await send({"type": "lifespan.startup.failed", "message": _one_line(exc)})
                     return
@@ -107,6 +107,8 @@ def to_asgi(flask_app: Flask) -> AsgiApp:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, SettingsError):
         return str(exc)
+    if isinstance(exc, DatabaseUnavailable):
+        return f"cannot open the database: {exc.detail}"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 

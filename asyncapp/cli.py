@@ -1,35 +1,64 @@
 """``flask --app asyncapp jobs ...``: the job API from a shell.
 
 Commands go straight to the service layer over the database (no HTTP round
-trip, no token), through ``ext.offline_service()``: it loads the jobs but never
-fires them on schedule, so a CLI process cannot double-run what the server
-runs.  A running server picks the changes up within ``ASYNCAPP_SYNC_INTERVAL``.
-Input is validated by the same schemas as the HTTP API, and errors are the
-same messages, printed on stderr with exit status 1.
+trip, no token), with the same validation and the same messages as the HTTP
+API; errors are printed on stderr with exit status 1.  A change is committed
+before the command says it succeeded, and every running server applies it
+within a second (``ASYNCAPP_SYNC_INTERVAL``; at once on PostgreSQL).  Commands
+that only read (``list``, ``show``, ``runs``, ``changes``) never write, not
+even a schema upgrade.
 
-``jobs run`` is the exception to "no firing": it runs the job once, in this
-process, waits for it and prints the run (recorded in the run history).
+The CLI needs the server's settings: the same ``ASYNCAPP_DATABASE_URL`` and
+``ASYNCAPP_JOB_MODULES`` (and working directory, for the default SQLite file
+and for importing your modules); without the job modules, jobs whose functions
+it cannot import are shown as broken.
+
+``jobs run`` runs the job once, in this process (claimed like any run, so it
+counts towards the job's max_instances cluster-wide), waits for it and prints
+the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from .constants import RUN_STATUSES, TRIGGER_TYPES
 from .errors import AsyncAppError, InvalidJob
-from .validation import parse_job_create, parse_run_query
+from .service import JobService
+from .store import Actor
+from .validation import parse_job_create, parse_job_update, parse_run_query
+
+if TYPE_CHECKING:
+    from .app import AsyncApp
 
 T = TypeVar("T")
 
 jobs = AppGroup("jobs", help="List, add, change and run scheduled jobs.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+set_option = click.option(
+    "--set",
+    "fields",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="A trigger or job field, e.g. minutes=10, hour=*/2, timezone=Europe/Paris; "
+    "VALUE is read as JSON when it parses, else as text. Repeatable.",
+)
+arg_option = click.option(
+    "--arg", "args", multiple=True, metavar="JSON", help="A positional argument. Repeatable."
+)
+kwarg_option = click.option(
+    "--kwarg", "kwargs", multiple=True, metavar="NAME=JSON", help="A keyword argument. Repeatable."
+)
 
 
 def init_cli(app: Flask) -> None:
@@ -37,16 +66,32 @@ def init_cli(app: Flask) -> None:
     app.cli.add_command(jobs)
 
 
-def _call(action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``action(service)`` in a fresh event loop with an offline service."""
-    ext = current_app.extensions["asyncapp"]
+def _ext() -> AsyncApp:
+    return cast("AsyncApp", current_app.extensions["asyncapp"])
+
+
+def _actor() -> Actor:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Actor("cli", f"{user}@{socket.gethostname()}")
+
+
+def _call(action: Callable[[JobService], Awaitable[T]], *, writes: bool = False) -> T:
+    """Run ``action(service)`` in a fresh event loop with a service over the database."""
+    ext = _ext()
 
     async def main() -> T:
-        async with ext.offline_service() as service:
+        async with ext.offline_service(writes=writes) as service:
             return await action(service)
 
+    return _run(main())
+
+
+def _run(coro: Awaitable[T]) -> T:
     try:
-        return asyncio.run(main())
+        return asyncio.run(cast(Any, coro))
     except InvalidJob as exc:
         detail = "\n".join(f"  {e['field']}: {e['message']}" for e in exc.errors)
         raise click.ClickException(f"invalid job:\n{detail}") from None
@@ -54,25 +99,11 @@ def _call(action: Callable[[Any], Awaitable[T]]) -> T:
         raise click.ClickException(str(exc)) from None
 
 
-def _sync(method: str, *args: Any) -> Callable[[Any], Awaitable[Any]]:
-    async def action(service: Any) -> Any:
-        return getattr(service, method)(*args)
-
-    return action
-
-
-def _async(method: str, *args: Any) -> Callable[[Any], Awaitable[Any]]:
-    async def action(service: Any) -> Any:
-        return await getattr(service, method)(*args)
-
-    return action
-
-
 @jobs.command("list")
 @json_option
 def list_jobs(as_json: bool) -> None:
     """List all jobs."""
-    found = _call(_sync("list_jobs"))
+    found = _call(lambda service: service.list_jobs())
     if as_json:
         _print_json(found)
     elif not found:
@@ -86,28 +117,17 @@ def list_jobs(as_json: bool) -> None:
 @json_option
 def show(job_id: str, as_json: bool) -> None:
     """Show one job."""
-    _print_job(_call(_sync("get_job", job_id)), as_json)
+    _print_job(_call(lambda service: service.get_job(job_id)), as_json)
 
 
 @jobs.command("add", context_settings={"show_default": True})
 @click.argument("func")
 @click.option("--id", "job_id", help="Job id (generated when omitted).")
 @click.option("--name", help="Display name (defaults to the id).")
-@click.option("--trigger", type=click.Choice(["date", "interval", "cron"]), default="date")
-@click.option(
-    "--set",
-    "fields",
-    multiple=True,
-    metavar="FIELD=VALUE",
-    help="A trigger or job field, e.g. minutes=10, hour=*/2, timezone=Europe/Paris; "
-    "VALUE is read as JSON when it parses, else as text. Repeatable.",
-)
-@click.option(
-    "--arg", "args", multiple=True, metavar="JSON", help="A positional argument. Repeatable."
-)
-@click.option(
-    "--kwarg", "kwargs", multiple=True, metavar="NAME=JSON", help="A keyword argument. Repeatable."
-)
+@click.option("--trigger", type=click.Choice(TRIGGER_TYPES), default="date")
+@set_option
+@arg_option
+@kwarg_option
 @click.option("--paused", is_flag=True, help="Store the job without scheduling it.")
 @json_option
 def add(
@@ -134,23 +154,61 @@ def add(
             body[key] = value
     if paused:
         body["paused"] = True
-    if args:
-        body["args"] = [_json_value(arg, "--arg") for arg in args]
-    if kwargs:
-        body["kwargs"] = _pairs(kwargs, "--kwarg", lenient=False)
+    _arguments(body, args, kwargs)
+    actor = _actor()
 
-    async def action(service: Any) -> Any:
-        return await service.add_job(parse_job_create(body))
+    async def action(service: JobService) -> dict[str, Any]:
+        return await service.add_job(parse_job_create(body), actor)
 
-    _print_job(_call(action), as_json)
+    _print_job(_call(action, writes=True), as_json)
+
+
+@jobs.command("modify")
+@click.argument("job_id")
+@click.option("--name", help="New display name.")
+@click.option("--trigger", type=click.Choice(TRIGGER_TYPES), help="Replace the trigger.")
+@set_option
+@arg_option
+@kwarg_option
+@json_option
+def modify(
+    job_id: str,
+    name: str | None,
+    trigger: str | None,
+    fields: Sequence[str],
+    args: Sequence[str],
+    kwargs: Sequence[str],
+    as_json: bool,
+) -> None:
+    """Change a job: --trigger with --set replaces its trigger; --arg/--kwarg its arguments.
+
+    \b
+    Example: flask --app asyncapp jobs modify poll --trigger interval --set minutes=5
+    """
+    body: dict[str, Any] = _pairs(fields, "--set", lenient=True)
+    if trigger is not None:
+        body["trigger"] = trigger
+    if name is not None:
+        body["name"] = name
+    _arguments(body, args, kwargs)
+    if not body:
+        raise click.UsageError("nothing to change: give --name, --trigger, --set, --arg or --kwarg")
+    actor = _actor()
+
+    async def action(service: JobService) -> dict[str, Any]:
+        return await service.update_job(job_id, parse_job_update(job_id, body), actor)
+
+    _print_job(_call(action, writes=True), as_json)
 
 
 @jobs.command("pause")
 @click.argument("job_id")
+@click.option("--note", help="Why it is paused; shown with the job and in its history.")
 @json_option
-def pause(job_id: str, as_json: bool) -> None:
+def pause(job_id: str, note: str | None, as_json: bool) -> None:
     """Pause a job: it keeps its settings but does not fire."""
-    _print_job(_call(_async("pause_job", job_id)), as_json)
+    actor = _actor()
+    _print_job(_call(lambda service: service.pause_job(job_id, actor, note), writes=True), as_json)
 
 
 @jobs.command("resume")
@@ -158,14 +216,16 @@ def pause(job_id: str, as_json: bool) -> None:
 @json_option
 def resume(job_id: str, as_json: bool) -> None:
     """Resume a paused job."""
-    _print_job(_call(_async("resume_job", job_id)), as_json)
+    actor = _actor()
+    _print_job(_call(lambda service: service.resume_job(job_id, actor), writes=True), as_json)
 
 
 @jobs.command("remove")
 @click.argument("job_id")
 def remove(job_id: str) -> None:
     """Remove a job (its run history stays)."""
-    _call(_async("delete_job", job_id))
+    actor = _actor()
+    _call(lambda service: service.delete_job(job_id, actor), writes=True)
     click.echo(f"Removed {job_id}.")
 
 
@@ -175,40 +235,29 @@ def remove(job_id: str) -> None:
 @json_option
 def run(job_id: str, timeout: float, as_json: bool) -> None:
     """Run a job once now, in this process, and print how it went."""
+    ext = _ext()
+    actor = _actor()
 
-    async def action(service: Any) -> dict[str, Any]:
-        started = await service.run_job(job_id)
-        return await _wait_for_run(service, started, deadline=timeout)
+    async def main() -> dict[str, Any]:
+        async with ext.cli_runtime() as runtime:
+            started = await runtime.service.run_job(job_id, actor)
+            await runtime.dispatcher.drain(timeout)
+            await runtime.recorder.flush()
+            page = await runtime.service.list_runs(job_id, None, 50, 0)
+            return next((r for r in page["runs"] if r["id"] == started["id"]), started)
 
-    record = _call(action)
+    record = _run(main())
     if as_json:
         _print_json(record)
     else:
         _print_runs([record])
-    if record["status"] not in ("success", "running"):
+    if record["status"] != "success":
         raise SystemExit(1)
-
-
-async def _wait_for_run(
-    service: Any, started: dict[str, Any], *, deadline: float
-) -> dict[str, Any]:
-    """Poll the run history until the run ends or ``deadline`` seconds pass."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline
-    while True:
-        page = await service.list_runs(started["job_id"], None, 50, 0)
-        record = next((r for r in page["runs"] if r["id"] == started["id"]), started)
-        if record["status"] != "running" or loop.time() >= give_up:
-            return record
-        await asyncio.sleep(0.05)
 
 
 @jobs.command("runs")
 @click.argument("job_id", required=False)
-@click.option(
-    "--status",
-    type=click.Choice(["success", "error", "timeout", "missed", "interrupted", "running"]),
-)
+@click.option("--status", type=click.Choice(RUN_STATUSES))
 @click.option("--limit", default=20, show_default=True)
 @click.option("--offset", default=0, show_default=True)
 @json_option
@@ -216,7 +265,7 @@ def runs(job_id: str | None, status: str | None, limit: int, offset: int, as_jso
     """Show run history, newest first, of one job or of all."""
     query = {"limit": str(limit), "offset": str(offset)} | ({"status": status} if status else {})
 
-    async def action(service: Any) -> Any:
+    async def action(service: JobService) -> dict[str, Any]:
         checked = parse_run_query(query)
         return await service.list_runs(job_id, checked.status, checked.limit, checked.offset)
 
@@ -230,6 +279,39 @@ def runs(job_id: str | None, status: str | None, limit: int, offset: int, as_jso
     _print_runs(page["runs"])
     shown = offset + len(page["runs"])
     click.echo(f"{offset + 1}-{shown} of {page['total']}")
+
+
+@jobs.command("changes")
+@click.argument("job_id")
+@click.option("--limit", default=20, show_default=True)
+@json_option
+def changes(job_id: str, limit: int, as_json: bool) -> None:
+    """Show who changed a job, when, from where and what, newest first."""
+    page = _call(lambda service: service.job_changes(job_id, limit, 0))
+    if as_json:
+        _print_json(page)
+        return
+    if not page["changes"]:
+        click.echo("No changes.")
+        return
+    rows = [
+        [
+            _when(change["at"]),
+            change["action"],
+            change["source"],
+            change["client"] or "-",
+            _shorten(json.dumps(change["detail"], ensure_ascii=False), 60),
+        ]
+        for change in page["changes"]
+    ]
+    _table(["AT", "ACTION", "SOURCE", "CLIENT", "WHAT"], rows)
+
+
+def _arguments(body: dict[str, Any], args: Sequence[str], kwargs: Sequence[str]) -> None:
+    if args:
+        body["args"] = [_json_value(arg, "--arg") for arg in args]
+    if kwargs:
+        body["kwargs"] = _pairs(kwargs, "--kwarg", lenient=False)
 
 
 # -- parsing and printing ---------------------------------------------------------
@@ -298,7 +380,12 @@ def _print_runs(found: list[dict[str, Any]]) -> None:
             r["status"],
             _when(r.get("started_at")),
             _took(r),
-            _shorten(": ".join(filter(None, [r.get("error_type"), r.get("error_message")])), 60),
+            _shorten(
+                ": ".join(
+                    filter(None, [r.get("reason") or r.get("error_type"), r.get("error_message")])
+                ),
+                60,
+            ),
         ]
         for r in found
     ]

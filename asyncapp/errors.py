@@ -10,7 +10,10 @@ operator: it names the job, function or setting, never internal state.
     ├── JobNotFound(LookupError)       an id that is not there
     ├── UnknownFunction(LookupError)   a func reference that is not a registered @task
     ├── JobBusy(RuntimeError)          a run was asked for while max_instances runs are going
-    └── NotRunning(RuntimeError)       asyncapp's runtime is not started in this process
+    ├── NotRunning(RuntimeError)       asyncapp's runtime is not started in this process
+    └── DatabaseUnavailable(ConnectionError)
+                                       the database did not answer or refused a write;
+                                       nothing was applied (the API answers 503)
 """
 
 from __future__ import annotations
@@ -84,3 +87,18 @@ class NotRunning(AsyncAppError, RuntimeError):
             f"{what} is only available while the asyncapp runtime is running "
             "(inside jobs and views of a started app)"
         )
+
+
+class DatabaseUnavailable(AsyncAppError, ConnectionError):
+    """The database could not be reached or refused the transaction; nothing was applied.
+
+    ``detail`` is the driver's one-line reason, for logs only: it may name hosts
+    and files, so it is never shown to API clients.
+    """
+
+    #: Seconds a client should wait before retrying (the API's Retry-After).
+    retry_after = 5
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__("the database is unavailable; nothing was changed, try again shortly")

@@ -25,7 +25,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from .schemas import JobCreate, JobUpdate, RunQuery, RunStatus, SchedulerState, ShutdownRequest
+from .constants import SchedulerState
+from .schemas import (
+    JobCreate,
+    JobUpdate,
+    PageQuery,
+    PauseRequest,
+    RunQuery,
+    RunStatus,
+    ShutdownRequest,
+)
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -57,6 +66,8 @@ class SchedulerInfo(_Open):
     jobs: int | None = None
     broken_jobs: int | None = None
     runs_in_progress: int | None = None
+    process: dict[str, Any] | None = None
+    processes: list[dict[str, Any]] | None = None
 
 
 class Run(_Open):
@@ -72,6 +83,10 @@ class Run(_Open):
     error_message: str | None
     node: str | None
     attempt: int
+    process_id: str | None = None
+    reason: str | None = None
+    missed_until: str | None = None
+    attempts: list[dict[str, Any]] | None = None
 
 
 class RunPage(_Open):
@@ -118,9 +133,33 @@ class Job(_Open):
     coalesce: bool | None = None
     jitter: float | None = None
     timezone: str | None = None
+    rerun_interrupted: bool | None = None
     paused: bool | None = None
+    note: str | None = None
+    version: int | None = None
     broken: bool | None = None
     run: Run | None = None
+
+
+class Change(_Open):
+    """One change to a job or the scheduler: when, through which face, from where, what."""
+
+    id: int
+    at: str
+    job_id: str | None
+    action: str
+    source: str
+    client: str | None
+    detail: dict[str, Any]
+
+
+class ChangePage(_Open):
+    """A page of changes, newest first."""
+
+    changes: list[Change]
+    total: int
+    limit: int
+    offset: int
 
 
 ERROR_DESCRIPTIONS = {
@@ -133,7 +172,8 @@ ERROR_DESCRIPTIONS = {
     413: "The body is larger than ASYNCAPP_MAX_BODY_BYTES",
     415: "The body is not application/json",
     422: "The body or query is invalid; see errors",
-    503: "The asyncapp runtime is not running in this process",
+    503: "The database is unavailable (nothing was changed; retry after Retry-After "
+    "seconds), or the runtime is not running in this process",
 }
 
 
@@ -180,8 +220,15 @@ def build_document(
     ``functions`` (the registered ``@task`` references) become the enum of
     ``JobCreate.func``, so clients and fuzzers see what may be scheduled.
     """
-    requests: list[type[BaseModel]] = [JobCreate, JobUpdate, ShutdownRequest, RunQuery]
-    responses: list[type[BaseModel]] = [ErrorResponse, SchedulerInfo, Job, RunPage]
+    requests: list[type[BaseModel]] = [
+        JobCreate,
+        JobUpdate,
+        ShutdownRequest,
+        PauseRequest,
+        RunQuery,
+        PageQuery,
+    ]
+    responses: list[type[BaseModel]] = [ErrorResponse, SchedulerInfo, Job, RunPage, ChangePage]
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in requests]
     models += [(m, "serialization") for m in responses]
     keys, top = models_json_schema(models, ref_template=REF_TEMPLATE)

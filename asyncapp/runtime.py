@@ -1,10 +1,24 @@
-"""What lives on the server loop: database, shared client, scheduler; start and stop.
+"""What lives on the server loop, and how it starts and stops.
 
-:class:`Runtime` is started by the ASGI lifespan (never at import time, so the
-debug reloader cannot start two schedulers; DESIGN.md Fact 3) and owns its
-resources on an :class:`~contextlib.AsyncExitStack`, closed in reverse order:
-stop firing, drain running jobs, stop the scheduler, flush writes, close the
-client, close the database.
+:class:`Runtime` is started by the ASGI lifespan (never at import time, so
+the debug reloader cannot start two schedulers; DESIGN.md Fact 3) and owns
+its parts on an :class:`~contextlib.AsyncExitStack`, closed in reverse order.
+
+Start: open the database (migrating it under a lock), the shared client,
+import the job modules, register this process, write the code-declared
+schedules (one transaction, committed before anything fires), load the jobs
+into the cache, start the scheduler in the stored scheduler-wide state, then
+follow the change feed and heartbeat.
+
+Stop: the scheduler stops planning, the dispatcher stops claiming, running
+jobs get the grace period and are then cancelled (recorded as interrupted),
+their results are written, and this process leaves the cluster.
+
+The runtime is also what the service calls back after a committed change
+(:class:`asyncapp.service.Local`) and what the dispatcher tells when a claim
+found a job changed, the scheduler halted, or the database away
+(:class:`asyncapp.execution.Hooks`).  A ``role="cli"`` runtime (``flask jobs
+run``) has the database, the client and an executor, and fires nothing.
 """
 
 from __future__ import annotations
@@ -14,28 +28,39 @@ import contextlib
 import gc
 import importlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 
 from . import http
-from .db import Database, Writer
-from .errors import NotRunning, SettingsError
-from .execution import JobExecutor, Runner
-from .ledger import Ledger
-from .scheduler import Scheduler, build_scheduler
+from .cache import JobCache
+from .claims import Reasons
+from .cluster import SERVER, ChangeFeed, Membership
+from .constants import SCHEDULER_RUNNING, SchedulerState
+from .db import Database
+from .errors import DatabaseUnavailable, NotRunning, SettingsError
+from .execution import Dispatcher, Hooks, Runner, Submission
+from .jobs import JobDef
+from .ledger import Recorder, Run
+from .scheduler import Scheduler
+from .service import JobService
 from .settings import Settings
-from .store import JobStore
+from .store import Actor, Change, JobStore
 from .tasks import Registry, Task, registry
-from .triggers import build_trigger
 
 log = logging.getLogger("asyncapp.runtime")
 
+#: Seconds between attempts to reach the database again after a failed claim.
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+RESULTS_TIMEOUT = 10.0
 
-class Runtime:
-    """The running parts of one app. ``fire=False`` loads jobs but never fires them (CLI)."""
+
+class Runtime(Hooks):
+    """The running parts of one process."""
 
     def __init__(
         self,
@@ -43,23 +68,20 @@ class Runtime:
         *,
         tasks: Registry = registry,
         run_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-        fire: bool = True,
+        role: str = SERVER,
     ) -> None:
         self.settings = settings
         self.tasks = tasks
-        self.fire = fire
+        self.role = role
         self._run_context = run_context
         self._stack: AsyncExitStack | None = None
-        self._db: Database | None = None
-        self._writer: Writer | None = None
-        self._store: JobStore | None = None
-        self._scheduler: Scheduler | None = None
-        self._executor: JobExecutor | None = None
-        self._ledger: Ledger | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._parts: dict[str, Any] = {}
         self._grace = settings.shutdown_grace
+        self._paused_since: datetime | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
 
-    # -- accessors: each raises NotRunning before start / after stop --------
+    # -- accessors: each raises NotRunning before start / after stop --------------
 
     @property
     def started(self) -> bool:
@@ -67,44 +89,53 @@ class Runtime:
 
     @property
     def db(self) -> Database:
-        return self._need(self._db, "the database")
-
-    @property
-    def writer(self) -> Writer:
-        return self._need(self._writer, "the database writer")
-
-    @property
-    def store(self) -> JobStore:
-        return self._need(self._store, "the job store")
-
-    @property
-    def scheduler(self) -> Scheduler:
-        return self._need(self._scheduler, "the scheduler")
-
-    @property
-    def executor(self) -> JobExecutor:
-        return self._need(self._executor, "the job executor")
-
-    @property
-    def ledger(self) -> Ledger:
-        return self._need(self._ledger, "the run history")
+        return self._part("db", "the database")  # type: ignore[no-any-return]
 
     @property
     def http(self) -> httpx.AsyncClient:
-        return self._need(self._http, "http_client()")
+        return self._part("http", "http_client()")  # type: ignore[no-any-return]
 
-    def _need(self, value: Any, what: str) -> Any:
+    @property
+    def service(self) -> JobService:
+        return self._part("service", "the job service")  # type: ignore[no-any-return]
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._part("scheduler", "the scheduler")  # type: ignore[no-any-return]
+
+    @property
+    def cache(self) -> JobCache:
+        return self._part("cache", "the job cache")  # type: ignore[no-any-return]
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self._part("dispatcher", "the job executor")  # type: ignore[no-any-return]
+
+    @property
+    def membership(self) -> Membership:
+        return self._part("membership", "the process registry")  # type: ignore[no-any-return]
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._part("recorder", "the run recorder")  # type: ignore[no-any-return]
+
+    @property
+    def feed(self) -> ChangeFeed:
+        return self._part("feed", "the change feed")  # type: ignore[no-any-return]
+
+    def _part(self, name: str, what: str) -> Any:
+        value = self._parts.get(name)
         if value is None or self._stack is None:
             raise NotRunning(what)
         return value
 
-    # -- lifecycle -----------------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open everything and start the scheduler on the running loop.
+        """Open everything and start firing (``role="server"``) on the running loop.
 
         :raises SettingsError: if a job module cannot be imported or declares a bad job.
-        :raises sqlalchemy.exc.SQLAlchemyError: if the database cannot be opened.
+        :raises DatabaseUnavailable: if the database cannot be opened.
         """
         self._stack = stack = AsyncExitStack()
         try:
@@ -112,14 +143,17 @@ class Runtime:
         except BaseException:
             self._stack = None
             await stack.aclose()
+            self._parts.clear()
             raise
-        log.info(
-            "asyncapp started on %s: %d jobs, %d broken, scheduler %s",
-            self.settings.node_name,
-            len(self.scheduler.get_jobs()),
-            len(self.store.broken),
-            self.scheduler.state_name,
-        )
+        if self.role == SERVER:
+            log.info(
+                "asyncapp started on %s (process %s): %d jobs, %d broken, scheduler %s",
+                self.settings.node_name,
+                self.membership.id,
+                len(self.cache.entries()),
+                len(self.cache.broken),
+                self.scheduler.state_name,
+            )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop firing, let running jobs finish for ``grace`` seconds (default:
@@ -128,79 +162,278 @@ class Runtime:
         if stack is None:
             return
         self._grace = self.settings.shutdown_grace if grace is None else grace
-        await stack.aclose()
-        self._db = self._writer = self._store = self._scheduler = None
-        self._executor = self._ledger = self._http = None
+        for task in list(self._background):
+            task.cancel()
+        try:
+            await stack.aclose()
+        finally:
+            self._parts.clear()
 
     async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings
-        self._db = db = Database(settings.database_url)
+        db = self._parts["db"] = Database(settings.database_url)
         stack.push_async_callback(db.close)
         await db.open()
 
-        self._store = store = JobStore(db, self.tasks, settings.zone)
-        self._writer = writer = Writer(db, after_batch=store.after_batch)
-        store.writer = writer
-        writer.start()
-        stack.push_async_callback(writer.stop)
-        self._ledger = Ledger(db, writer)
-
-        self._http = client = http.open_client(settings)
+        client = self._parts["http"] = http.open_client(settings)
         stack.push_async_callback(http.close_client, client)
-
         _import_job_modules(settings.job_modules)
-        await store.prime()
-        self._executor = JobExecutor(Runner(self._ledger, settings, self._job_context))
-        self._scheduler = scheduler = build_scheduler(settings, store, self._executor)
-        scheduler.start(paused=True)
-        stack.push_async_callback(self._stop_scheduler)
-        self._apply_code_schedules()
-        await writer.flush()
-        _freeze_startup_objects()
-        if self.fire:
-            scheduler.resume()
-            sync = asyncio.create_task(self._sync_forever(), name="asyncapp-sync")
-            stack.push_async_callback(_cancel, sync)
 
-    async def _stop_scheduler(self) -> None:
-        scheduler, executor = self._scheduler, self._executor
-        if scheduler is None or executor is None:
+        membership = self._parts["membership"] = Membership(
+            db,
+            settings,
+            role=self.role,
+            info=self._process_info,
+            can_run=lambda job: job.func in self.tasks,
+            on_reruns=self._rerun,
+            on_live=self._on_live,
+        )
+        await membership.join()
+        stack.push_async_callback(membership.leave)
+        recorder = self._parts["recorder"] = Recorder(db, membership.id)
+        recorder.start()
+        stack.push_async_callback(self._stop_recorder)
+        self._reasons = Reasons(started_at=datetime.now(UTC))
+        runner = Runner(recorder, settings, self._job_context)
+        dispatcher = self._parts["dispatcher"] = Dispatcher(
+            db,
+            runner,
+            node=settings.node_name,
+            process_id=membership.id,
+            reasons=self._reasons,
+            hooks=self,
+        )
+        dispatcher.start()
+        stack.push_async_callback(self._drain)
+        service = self._parts["service"] = JobService(db, self.tasks, settings, local=self)
+        membership.start()
+        if self.role != SERVER:
             return
-        if scheduler.running:
+
+        store = JobStore(db)
+        feed = self._parts["feed"] = ChangeFeed(db, store, settings.sync_interval, self._apply)
+        await feed.mark()
+        await self._apply_declarations(service)
+        jobs, state = await db.read(lambda conn: (store.all(conn), store.scheduler_state(conn)))
+        cache = self._parts["cache"] = JobCache(self.tasks, settings.zone)
+        cache.load(jobs)
+        scheduler = self._parts["scheduler"] = Scheduler(cache, dispatcher)
+        scheduler.stored_state = state
+        scheduler.start(paused=state != SCHEDULER_RUNNING)
+        if state != SCHEDULER_RUNNING:
+            self._paused_since = datetime.now(UTC)
+        stack.callback(self._stop_scheduler)
+        feed.start()
+        stack.push_async_callback(feed.stop)
+        _freeze_startup_objects()
+
+    def _stop_scheduler(self) -> None:
+        scheduler = self._parts.get("scheduler")
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown()
+
+    async def _drain(self) -> None:
+        """Stop planning and claiming; give running jobs the grace; cancel the rest."""
+        scheduler = self._parts.get("scheduler")
+        if scheduler is not None and scheduler.running:
             scheduler.pause()
-        cancelled = await executor.drain(self._grace)
+        dispatcher: Dispatcher = self._parts["dispatcher"]
+        await dispatcher.stop()
+        cancelled = await dispatcher.drain(self._grace)
         if cancelled:
             log.warning(
                 "cancelled %d running jobs at shutdown (recorded as interrupted)", cancelled
             )
-        if scheduler.running:
-            scheduler.shutdown()
+
+    async def _stop_recorder(self) -> None:
+        await self._parts["recorder"].stop(RESULTS_TIMEOUT)
 
     @contextlib.contextmanager
     def _job_context(self) -> Iterator[None]:
         with self._run_context(), http.bind(self.http):
             yield
 
-    async def _sync_forever(self) -> None:
+    def _process_info(self) -> dict[str, Any]:
+        scheduler = self._parts.get("scheduler")
+        dispatcher = self._parts.get("dispatcher")
+        recorder = self._parts.get("recorder")
+        cache = self._parts.get("cache")
+        return {
+            "state": scheduler.state_name if scheduler is not None else "none",
+            "runs_in_progress": dispatcher.running if dispatcher is not None else 0,
+            "results_pending": recorder.pending if recorder is not None else 0,
+            "jobs": len(cache.entries()) if cache is not None else 0,
+            "broken_jobs": len(cache.broken) if cache is not None else 0,
+        }
+
+    def problems(self) -> list[str]:
+        """What keeps this process from being ready (the readiness probe's list)."""
+        if not self.started:
+            return ["asyncapp is not started"]
+        found = []
+        db = self.db
+        if db.down_since is not None:
+            found.append("the database is unavailable")
+        if self.role == SERVER:
+            if self.scheduler.held:
+                found.append("firing is held until the database answers")
+            elif self.scheduler.state_name != SCHEDULER_RUNNING:
+                found.append(f"the scheduler is {self.scheduler.state_name}")
+            if self.feed.failing:
+                found.append("following changes from the database is failing")
+        if self.membership.failing:
+            found.append("the heartbeat is failing")
+        return found
+
+    async def ping(self) -> None:
+        """One round trip to the database. :raises DatabaseUnavailable:"""
+        await self.db.read(lambda conn: conn.execute(text("SELECT 1")))
+
+    # -- asyncapp.service.Local ------------------------------------------------------
+
+    def applied(self, jobs: Iterable[JobDef], removed: Iterable[str]) -> None:
+        cache = self._parts.get("cache")
+        if cache is None:
+            return
+        for job in jobs:
+            cache.put(job)
+        for job_id in removed:
+            cache.drop(job_id)
+        self._wake()
+
+    def state_applied(self, state: SchedulerState) -> None:
+        scheduler = self._parts.get("scheduler")
+        if scheduler is None:
+            return
+        now = datetime.now(UTC)
+        if state != SCHEDULER_RUNNING and self._paused_since is None:
+            self._paused_since = now
+        elif state == SCHEDULER_RUNNING and self._paused_since is not None:
+            self._reasons.pauses.append((self._paused_since, now))
+            self._paused_since = None
+        scheduler.follow(state)
+
+    async def run_now(self, job: JobDef) -> Run:
+        task = self.tasks.resolve(job.func)
+        return await self.dispatcher.run_now(job, task.func)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "node": self.settings.node_name,
+            "id": self.membership.id,
+            "role": self.role,
+            **self._process_info(),
+        }
+
+    # -- asyncapp.execution.Hooks -------------------------------------------------
+
+    def stale(self, job_ids: set[str]) -> None:
+        self._spawn(self._reload(job_ids))
+
+    def halted(self, submissions: list[Submission]) -> None:
+        self._restore(submissions)
+        self._spawn(self._reload(set()))
+
+    def database_down(self, submissions: list[Submission]) -> None:
+        self._restore(submissions)
+        scheduler = self._parts.get("scheduler")
+        if scheduler is not None:
+            scheduler.hold()
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = self._spawn(self._reconnect(datetime.now(UTC)))
+
+    def _restore(self, submissions: list[Submission]) -> None:
+        cache = self._parts.get("cache")
+        if cache is None:
+            return
+        for submission in submissions:
+            due = submission.due
+            cache.restore(submission.job, due.folded[0] if due.folded else due.times[0])
+
+    async def _reconnect(self, since: datetime) -> None:
+        """Retry the database until it answers; then fire again, catching up."""
+        attempt = 0
         while True:
-            await asyncio.sleep(self.settings.sync_interval)
+            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            attempt += 1
             try:
-                await self.store.sync()
-            except Exception:
-                log.exception("checking the database for job changes failed")
+                await self.db.write(lambda conn: conn.execute(text("SELECT 1")))
+            except DatabaseUnavailable:
+                continue
+            break
+        self._reasons.outages.append((since, datetime.now(UTC)))
+        await self._reload(set())
+        scheduler = self._parts.get("scheduler")
+        if scheduler is not None:
+            scheduler.release()
 
-    # -- jobs declared in code --------------------------------------------------
+    # -- the change feed ----------------------------------------------------------
 
-    def _apply_code_schedules(self) -> None:
-        """Upsert ``@task(trigger)`` jobs, keeping runtime state unless the code changed.
+    async def _apply(self, changes: list[Change]) -> None:
+        job_ids = {change.job_id for change in changes if change.job_id is not None}
+        await self._reload(job_ids)
 
-        Only tasks of ``ASYNCAPP_JOB_MODULES`` (and their submodules) are scheduled:
-        the registry is process-wide, and importing a module must not schedule its
-        jobs in an app that did not ask for them.
+    async def _reload(self, job_ids: set[str]) -> None:
+        """Reload ``job_ids`` and the scheduler-wide state from the database."""
+        store = JobStore(self.db)
+        ids = sorted(job_ids)
+        found, state = await self.db.read(
+            lambda conn: (store.some(conn, ids), store.scheduler_state(conn))
+        )
+        cache = self._parts.get("cache")
+        if cache is None:
+            return
+        for job_id in ids:
+            if job_id in found:
+                cache.put(found[job_id])
+            else:
+                cache.drop(job_id)
+        self.state_applied(state)
+        self._wake()
 
-        A job paused at runtime stays paused; a trigger, args or options changed in
-        code replace the stored ones at this start.
+    def _wake(self) -> None:
+        scheduler = self._parts.get("scheduler")
+        if scheduler is not None and scheduler.running:
+            scheduler.wakeup()
+
+    # -- cluster ------------------------------------------------------------------
+
+    def _on_live(self, _: list[Any]) -> None:
+        dispatcher = self._parts.get("dispatcher")
+        if dispatcher is not None:
+            dispatcher.rank = self._parts["membership"].ranking()
+
+    def _rerun(self, reruns: list[tuple[Run, JobDef]]) -> None:
+        for run, job in reruns:
+            log.warning("job %s run %s: re-running it as attempt %d", job.id, run.id, run.attempt)
+            self.dispatcher.start_run(run, job, self.tasks.resolve(job.func).func)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, DatabaseUnavailable):
+            log.warning("reloading jobs failed: the database is unavailable")
+        elif exc is not None:
+            log.error("a background task failed", exc_info=exc)
+
+    # -- jobs declared in code ------------------------------------------------------
+
+    async def _apply_declarations(self, service: JobService) -> None:
+        """Write the ``@task(trigger)`` jobs of the job modules; remove those no longer declared.
+
+        Only tasks of ``ASYNCAPP_JOB_MODULES`` (and their submodules) are
+        scheduled: the registry is process-wide, and importing a module must not
+        schedule its jobs in an app that did not ask for them.
         """
+        declared: list[JobDef] = []
         scheduled = [
             task
             for task in self.tasks.scheduled()
@@ -210,44 +443,31 @@ class Runtime:
         for task in scheduled:
             schedule = task.schedule
             assert schedule is not None
-            job = self.scheduler.get_job(schedule.job_id)
             if schedule.enabled is not None and not schedule.enabled(self.settings):
-                if job is not None and schedule.job_id in self.store.declared:
-                    self.scheduler.remove_job(schedule.job_id)
                 continue
-            declaration = schedule.declaration(task.ref)
-            if job is not None and self.store.declared.get(job.id) == declaration:
-                continue
-            try:
-                trigger = build_trigger(schedule.trigger, self.settings.zone)
-            except ValueError as exc:
-                raise SettingsError([f"@task {task.ref}: {exc}"]) from None
-            self.store.declared[schedule.job_id] = declaration
-            options = {
+            spec = {
+                "id": schedule.job_id,
+                "func": task.ref,
                 "name": schedule.job_id,
-                "misfire_grace_time": self.settings.misfire_grace_time,
-                "coalesce": self.settings.coalesce,
-                "max_instances": 1,
+                "args": list(schedule.args),
+                "kwargs": dict(schedule.kwargs),
+                "trigger": schedule.trigger,
+                "declared": schedule.declaration(task.ref),
                 **schedule.options,
             }
-            if job is None:
-                self.scheduler.add_job(
-                    task.func,
-                    trigger,
-                    id=schedule.job_id,
-                    args=schedule.args,
-                    kwargs=dict(schedule.kwargs),
-                    **options,
-                )
-                continue
-            paused = job.next_run_time is None
-            self.scheduler.modify_job(
-                job.id, func=task.func, args=schedule.args, kwargs=dict(schedule.kwargs), **options
-            )
-            self.scheduler.reschedule_job(job.id, trigger=trigger)
-            if paused:
-                self.scheduler.pause_job(job.id)
-            log.info("job %s: applied the schedule changed in code", job.id)
+            try:
+                declared.append(service.new_job(spec))
+            except Exception as exc:
+                raise SettingsError([f"@task {task.ref}: {exc}"]) from None
+        ids = {job.id for job in declared}
+        store = JobStore(self.db)
+        stored = await self.db.read(store.all)
+        owned = {job.id for job in stored if job.declared is not None and job.id not in ids}
+        changed, removed = await service.apply_declarations(declared, owned, Actor("code"))
+        for job_id in changed:
+            log.info("job %s: schedule declared in code written to the database", job_id)
+        for job_id in removed:
+            log.info("job %s: no longer declared in code, removed", job_id)
 
 
 def _freeze_startup_objects() -> None:
@@ -288,6 +508,18 @@ def _check_unique_ids(scheduled: list[Task]) -> None:
             )
 
 
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+@contextlib.asynccontextmanager
+async def offline_service(
+    settings: Settings, tasks: Registry = registry, *, writes: bool = True
+) -> AsyncIterator[JobService]:
+    """A job service over the database alone, for CLI commands that do not run jobs.
+
+    ``writes=False`` opens the database without upgrading its schema.
+    """
+    db = Database(settings.database_url)
+    try:
+        await db.open(migrate=writes)
+        _import_job_modules(settings.job_modules)
+        yield JobService(db, tasks, settings)
+    finally:
+        await db.close()

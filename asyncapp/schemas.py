@@ -23,9 +23,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-TriggerType = Literal["date", "interval", "cron"]
-RunStatus = Literal["success", "error", "timeout", "missed", "interrupted", "running"]
-SchedulerState = Literal["running", "paused", "stopped"]
+from .constants import (
+    CRON_FIELDS,
+    INTERVAL_UNITS,
+    MAX_ID_LENGTH,
+    MAX_NOTE_LENGTH,
+    RunStatus,
+    TriggerType,
+)
+from .constants import TRIGGER_FIELDS as _FIELDS_BY_TYPE
+
 # A cron field as APScheduler takes it: an expression ("*/5", "mon-fri") or a number.
 CronValue = (
     Annotated[str, Field(min_length=1, max_length=100)]
@@ -33,22 +40,20 @@ CronValue = (
     | None
 )
 
-INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
-CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+INTERVAL_FIELDS = INTERVAL_UNITS
 # Which flat fields each trigger type takes (Flask-APScheduler's pop_trigger, plus jitter).
 TRIGGER_FIELDS: dict[str, frozenset[str]] = {
-    "date": frozenset({"run_date", "timezone"}),
-    "interval": frozenset({*INTERVAL_FIELDS, "start_date", "end_date", "timezone", "jitter"}),
-    "cron": frozenset({*CRON_FIELDS, "start_date", "end_date", "timezone", "jitter"}),
+    kind: frozenset(fields) for kind, fields in _FIELDS_BY_TYPE.items()
 }
 ALL_TRIGGER_FIELDS = frozenset().union(*TRIGGER_FIELDS.values())
 
-MAX_ID_LENGTH = 191  # the jobs table's id column
 MAX_JSON_DEPTH = 32
 # An interval longer than this is a mistake, and bounding it keeps timedelta
 # arithmetic far from OverflowError.
 MAX_INTERVAL_SECONDS = 100 * 366 * 86400
-SECONDS_PER = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+# Shorter intervals leave no room between consecutive scheduled times for the
+# millisecond the scheduler looks past one time to find the next.
+MIN_INTERVAL_SECONDS = 0.01
 
 JOB_ID_PATTERN = r"^[^/\x00-\x1f\x7f]+$"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
@@ -188,6 +193,10 @@ class JobFields(TriggerFields):
         None, description="Run once, not once per missed time, after a delay"
     )
     paused: bool | None = Field(None, description="Store the job without scheduling it")
+    rerun_interrupted: bool | None = Field(
+        None,
+        description="Run again, as a new attempt, a run whose process died while it ran",
+    )
 
     @field_validator("name")
     @classmethod
@@ -248,6 +257,30 @@ class ShutdownRequest(_Closed):
     """Optional body of ``POST /scheduler/shutdown`` (Flask-APScheduler sends ``wait``)."""
 
     wait: bool | Literal["true", "false", "True", "False"] = True
+
+
+class PauseRequest(_Closed):
+    """Optional body of ``POST /scheduler/jobs/{job_id}/pause``."""
+
+    note: str | None = Field(
+        None, max_length=MAX_NOTE_LENGTH, description="Why it is paused; shown with the job"
+    )
+
+    @field_validator("note")
+    @classmethod
+    def _safe_note(cls, value: str | None) -> str | None:
+        if value is not None and not is_safe_text(value):
+            raise _custom("contains a NUL character or an invalid surrogate")
+        return value
+
+
+class PageQuery(BaseModel):
+    """Query string of paged history routes (query values arrive as text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=10**9)
 
 
 class RunQuery(BaseModel):

@@ -1,120 +1,226 @@
 """Job use cases shared by the API, the CLI and the dashboard; no Flask here.
 
-Every method validates before it changes anything, raises only
-:mod:`asyncapp.errors` exceptions for bad input, and returns JSON-ready dicts.
-Writes are flushed before a method returns, so a success means the change is
-in the database.  Methods must be called on the loop the runtime runs on.
+Every change is one database transaction that has committed before the
+method returns: the job row, a row of change history saying who asked, and
+(PostgreSQL) a notification to the other processes.  Only then is this
+process's own cache updated, through :class:`Local`; if the transaction
+fails, nothing is applied anywhere and :class:`~asyncapp.errors.DatabaseUnavailable`
+(HTTP 503) says so.  Reads come from the database too, so every process
+answers the same, and a read never writes.
+
+Input is validated before anything is written; methods raise only
+:mod:`asyncapp.errors` exceptions for bad input and return JSON-ready dicts.
+Call them on a running event loop; the database work happens off it.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from apscheduler.job import Job
-from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+from apscheduler.util import check_callable_args
+from sqlalchemy.engine import Connection
 
-from .errors import InvalidJob, JobExists, JobNotFound
-from .ledger import STATUSES
-from .runtime import Runtime
-from .store import Row
-from .triggers import build_trigger, spec_fields, trigger_fields
+from .cluster import Process, read_live
+from .constants import (
+    ADD,
+    MODIFY,
+    PAUSE,
+    REMOVE,
+    RESUME,
+    RUN_NOW,
+    RUN_STATUSES,
+    SCHEDULER_PAUSED_STATE,
+    SCHEDULER_RUNNING,
+    SCHEDULER_STOPPED,
+    SchedulerState,
+)
+from .db import Database, storable
+from .errors import InvalidJob, JobExists, JobNotFound, NotRunning
+from .jobs import JobDef
+from .ledger import Run, select_attempts, select_runs
+from .settings import Settings
+from .store import Actor, JobStore
+from .tasks import Registry
+from .triggers import build_trigger, fire_time_after, trigger_to_spec
 
-JOB_OPTIONS = ("name", "misfire_grace_time", "max_instances", "coalesce")
-CHANGEABLE = ("func", "args", "kwargs", "trigger", "paused", *JOB_OPTIONS)
+#: Job fields a PATCH may change.
+CHANGEABLE = (
+    "func",
+    "name",
+    "args",
+    "kwargs",
+    "trigger",
+    "paused",
+    "misfire_grace_time",
+    "max_instances",
+    "coalesce",
+    "rerun_interrupted",
+)
+#: Fields whose changes the history records (what the API shows of a job).
+HISTORY_FIELDS = (
+    "func",
+    "name",
+    "args",
+    "kwargs",
+    "trigger",
+    "misfire_grace_time",
+    "max_instances",
+    "coalesce",
+    "rerun_interrupted",
+    "paused",
+    "note",
+)
+
+
+class Local(Protocol):
+    """What a process that runs jobs adds to the service: its cache and its executor."""
+
+    def applied(self, jobs: Iterable[JobDef], removed: Iterable[str]) -> None:
+        """These committed rows replace the cached ones; ``removed`` are gone."""
+
+    def state_applied(self, state: SchedulerState) -> None:
+        """The scheduler-wide state was committed as ``state``."""
+
+    async def run_now(self, job: JobDef) -> Run:
+        """Claim and start a run of ``job`` now; returns it as started."""
+
+    def info(self) -> dict[str, Any]:
+        """This process as ``GET /scheduler`` shows it."""
 
 
 class JobService:
-    """Operations on the jobs and runs of one started :class:`Runtime`."""
+    """Operations on the jobs, runs and scheduler state in one database."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(
+        self,
+        db: Database,
+        tasks: Registry,
+        settings: Settings,
+        *,
+        local: Local | None = None,
+    ) -> None:
+        self.db = db
+        self.store = JobStore(db)
+        self.tasks = tasks
+        self.settings = settings
+        self.local = local
 
-    # -- scheduler ------------------------------------------------------------
+    # -- the scheduler ------------------------------------------------------------
 
-    def scheduler_info(self) -> dict[str, Any]:
-        scheduler = self.runtime.scheduler
+    async def scheduler_info(self) -> dict[str, Any]:
+        """Flask-APScheduler's scheduler info, plus the stored state and the processes."""
+
+        def read(conn: Connection) -> tuple[str, list[JobDef], list[Process], float]:
+            return (
+                self.store.scheduler_state(conn),
+                self.store.all(conn),
+                read_live(conn),
+                self.db.clock(conn),
+            )
+
+        state, jobs, live, clock = await self.db.read(read)
+        local = self.local.info() if self.local is not None else {}
         return {
-            "current_host": self.runtime.settings.node_name,
+            "current_host": self.settings.node_name,
             "allowed_hosts": ["*"],
-            "running": scheduler.state_name == "running",
-            "state": scheduler.state_name,
-            "jobs": len(scheduler.get_jobs()),
-            "broken_jobs": len(self.runtime.store.broken),
-            "runs_in_progress": self.runtime.executor.running,
+            "running": state == SCHEDULER_RUNNING,
+            "state": state,
+            "jobs": len(jobs),
+            "broken_jobs": sum(1 for job in jobs if self._broken(job)),
+            "runs_in_progress": local.get("runs_in_progress", 0),
+            "process": local,
+            "processes": [process.to_dict(clock) for process in live],
         }
 
-    def pause_scheduler(self) -> None:
-        """Stop firing until resumed (state ``paused``); running jobs go on."""
-        self.runtime.scheduler.halt(False)
+    async def pause_scheduler(self, actor: Actor) -> None:
+        """Stop firing in every process until resumed (state ``paused``); runs go on."""
+        await self._set_state(SCHEDULER_PAUSED_STATE, actor)
 
-    def resume_scheduler(self) -> None:
-        if self.runtime.fire:
-            self.runtime.scheduler.resume()
+    async def resume_scheduler(self, actor: Actor) -> None:
+        await self._set_state(SCHEDULER_RUNNING, actor)
 
-    def start_scheduler(self) -> None:
+    async def start_scheduler(self, actor: Actor) -> None:
         """Undo :meth:`shutdown_scheduler`."""
-        self.resume_scheduler()
+        await self._set_state(SCHEDULER_RUNNING, actor)
 
-    def shutdown_scheduler(self) -> None:
-        """Stop firing (state ``stopped``) until started again; running jobs go on.
+    async def shutdown_scheduler(self, actor: Actor) -> None:
+        """Stop firing in every process (state ``stopped``) until started; runs go on.
 
-        The scheduler object itself stays up so jobs can still be listed and
-        changed; the process shuts it down for real in lifespan shutdown.
+        The processes stay up, so jobs can still be listed and changed.
         """
-        self.runtime.scheduler.halt(True)
+        await self._set_state(SCHEDULER_STOPPED, actor)
+
+    async def _set_state(self, state: SchedulerState, actor: Actor) -> None:
+        def change(conn: Connection) -> None:
+            self.store.begin_change(conn)
+            before = self.store.set_scheduler_state(conn, state, time.time())
+            if before != state:
+                self.store.record(
+                    conn, action=state, job_id=None, actor=actor, detail={"state": [before, state]}
+                )
+
+        await self.db.write(change)
+        if self.local is not None:
+            self.local.state_applied(state)
 
     def functions(self) -> list[str]:
         """References of the registered ``@task`` functions."""
-        return self.runtime.tasks.refs()
+        return self.tasks.refs()
 
-    # -- jobs -----------------------------------------------------------------
+    # -- reading jobs -------------------------------------------------------------
 
-    def list_jobs(self) -> list[dict[str, Any]]:
-        jobs = [job_to_dict(job) for job in self.runtime.scheduler.get_jobs()]
-        jobs.extend(broken_to_dict(row) for row in self.runtime.store.broken.values())
-        return jobs
+    async def list_jobs(self) -> list[dict[str, Any]]:
+        """Every job, soonest next run first (paused last), as the API shows it."""
+        return await self.db.read(lambda conn: [self._to_api(job) for job in self.store.all(conn)])
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        job = self.runtime.scheduler.get_job(job_id)
-        if job is not None:
-            return job_to_dict(job)
-        row = self.runtime.store.broken.get(job_id)
-        if row is not None:
-            return broken_to_dict(row)
-        raise JobNotFound(job_id)
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        """:raises JobNotFound:"""
+        job = await self.db.read(lambda conn: self.store.get(conn, job_id))
+        if job is None:
+            raise JobNotFound(job_id)
+        return self._to_api(job)
 
-    async def add_job(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Schedule a new job from a spec (see ``docs/api.md``).
+    async def job_changes(self, job_id: str, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """The change history of one job, newest first (kept after the job is removed)."""
+        changes, total = await self.db.read(
+            lambda conn: self.store.history(conn, job_id, limit, offset)
+        )
+        return {
+            "changes": [change.to_dict() for change in changes],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+
+    # -- changing jobs ------------------------------------------------------------
+
+    async def add_job(self, spec: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        """Schedule a new job from a validated spec (see ``docs/api.md``).
 
         :raises UnknownFunction, InvalidJob, JobExists:
         """
-        task = self.runtime.tasks.resolve(spec["func"])
-        trigger = build_trigger(spec["trigger"], self.runtime.settings.zone)
-        job_id = spec.get("id") or uuid.uuid4().hex
-        if self.runtime.scheduler.get_job(job_id) or job_id in self.runtime.store.broken:
-            raise JobExists(job_id)
-        options = {key: spec[key] for key in JOB_OPTIONS if spec.get(key) is not None}
-        if spec.get("paused"):
-            options["next_run_time"] = None
-        try:
-            job = self.runtime.scheduler.add_job(
-                task.func,
-                trigger,
-                id=job_id,
-                args=list(spec.get("args") or []),
-                kwargs=dict(spec.get("kwargs") or {}),
-                **options,
-            )
-        except ConflictingIdError:
-            raise JobExists(job_id) from None
-        except (TypeError, ValueError) as exc:
-            raise _invalid(exc) from None
-        await self.runtime.writer.flush()
-        return job_to_dict(job)
+        job = self.new_job(spec, check_args=False)
 
-    async def update_job(self, job_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        def change(conn: Connection) -> JobDef:
+            self.store.begin_change(conn)
+            if self.store.get(conn, job.id) is not None:
+                raise JobExists(job.id)
+            self._check_call(job.func, job.args, job.kwargs)
+            self.store.insert(conn, job, time.time())
+            self.store.record(conn, action=ADD, job_id=job.id, actor=actor, detail=_diff(None, job))
+            return job
+
+        added = await self.db.write(change)
+        self._applied([added])
+        return self._to_api(added)
+
+    async def update_job(
+        self, job_id: str, changes: dict[str, Any], actor: Actor
+    ) -> dict[str, Any]:
         """Change a job; ``trigger`` replaces the whole trigger and recomputes the next run.
 
         :raises JobNotFound, UnknownFunction, InvalidJob:
@@ -122,75 +228,150 @@ class JobService:
         unknown = sorted(set(changes) - set(CHANGEABLE))
         if unknown:
             raise InvalidJob([{"field": key, "message": "cannot be changed"} for key in unknown])
-        job = self._job(job_id)
-        modify: dict[str, Any] = {k: changes[k] for k in JOB_OPTIONS if changes.get(k) is not None}
-        for key in ("args", "kwargs"):
-            if key in changes:
-                modify[key] = (
-                    changes[key] if changes[key] is not None else ([], {})[key == "kwargs"]
-                )
-        if "func" in changes:
-            modify["func"] = self.runtime.tasks.resolve(changes["func"]).func
-        trigger = (
-            build_trigger(changes["trigger"], self.runtime.settings.zone)
-            if changes.get("trigger") is not None
-            else None
-        )
-        paused = changes.get("paused", job.next_run_time is None)
-        scheduler = self.runtime.scheduler
-        try:
-            # Validate every change on a scratch copy before touching the real job.
-            scratch = Job.__new__(Job)
-            for slot in Job.__slots__:
-                if slot != "__weakref__" and hasattr(job, slot):
-                    setattr(scratch, slot, getattr(job, slot))
-            scratch._modify(**modify)
-            self.runtime.store.row(scratch)
-        except (TypeError, ValueError) as exc:
-            raise _invalid(exc) from None
-        if modify:
-            scheduler.modify_job(job_id, **modify)
-        if trigger is not None:
-            scheduler.reschedule_job(job_id, trigger=trigger)
-        if paused:
-            scheduler.pause_job(job_id)
-        elif job.next_run_time is None or trigger is not None:
-            scheduler.resume_job(job_id)
-        await self.runtime.writer.flush()
-        return self.get_job(job_id)
 
-    async def delete_job(self, job_id: str) -> None:
-        """Remove a job, broken or not. :raises JobNotFound:"""
-        try:
-            self.runtime.scheduler.remove_job(job_id)
-        except JobLookupError:
-            try:
-                self.runtime.store.remove_broken(job_id)
-            except JobLookupError:
-                raise JobNotFound(job_id) from None
-        await self.runtime.writer.flush()
+        def change(conn: Connection) -> JobDef:
+            self.store.begin_change(conn)
+            job = self._existing(conn, job_id, lock=True, usable="func" not in changes)
+            updated = self._changed(job, changes)
+            if updated == job:
+                return job
+            self.store.replace(conn, updated, time.time())
+            self.store.record(
+                conn, action=MODIFY, job_id=job_id, actor=actor, detail=_diff(job, updated)
+            )
+            return updated
 
-    async def pause_job(self, job_id: str) -> dict[str, Any]:
-        self._job(job_id)
-        self.runtime.scheduler.pause_job(job_id)
-        await self.runtime.writer.flush()
-        return self.get_job(job_id)
+        updated = await self.db.write(change)
+        self._applied([updated])
+        return self._to_api(updated)
 
-    async def resume_job(self, job_id: str) -> dict[str, Any]:
-        self._job(job_id)
-        self.runtime.scheduler.resume_job(job_id)
-        await self.runtime.writer.flush()
-        return self.get_job(job_id)
+    async def delete_job(self, job_id: str, actor: Actor) -> None:
+        """Remove a job, broken or not; its run history stays. :raises JobNotFound:"""
 
-    async def run_job(self, job_id: str) -> dict[str, Any]:
-        """Fire a job now on the loop, outside its schedule; returns the started run.
+        def change(conn: Connection) -> None:
+            self.store.begin_change(conn)
+            job = self.store.get(conn, job_id, lock=True)
+            if job is None:
+                raise JobNotFound(job_id)
+            self.store.delete(conn, job_id)
+            self.store.record(conn, action=REMOVE, job_id=job_id, actor=actor, detail={})
 
-        Does not wait for the job to finish.  :raises JobNotFound, JobBusy:
+        await self.db.write(change)
+        if self.local is not None:
+            self.local.applied([], [job_id])
+
+    async def pause_job(self, job_id: str, actor: Actor, note: str | None = None) -> dict[str, Any]:
+        """Stop firing a job until resumed, optionally saying why.
+
+        :raises JobNotFound, InvalidJob:
         """
-        run = self.runtime.executor.run_now(self._job(job_id))
+
+        def change(conn: Connection) -> JobDef:
+            self.store.begin_change(conn)
+            job = self._existing(conn, job_id, lock=True)
+            updated = job.changed(
+                next_run_time=None, note=storable(note, 500), version=job.version + 1
+            )
+            self.store.replace(conn, updated, time.time())
+            self.store.record(
+                conn, action=PAUSE, job_id=job_id, actor=actor, detail=_diff(job, updated)
+            )
+            return updated
+
+        paused = await self.db.write(change)
+        self._applied([paused])
+        return self._to_api(paused)
+
+    async def resume_job(self, job_id: str, actor: Actor) -> dict[str, Any]:
+        """Fire a paused job again from its next time after now. :raises JobNotFound, InvalidJob:"""
+
+        def change(conn: Connection) -> JobDef:
+            self.store.begin_change(conn)
+            job = self._existing(conn, job_id, lock=True)
+            if not job.paused:
+                return job
+            updated = job.changed(
+                next_run_time=self._first_time(job.trigger), note=None, version=job.version + 1
+            )
+            self.store.replace(conn, updated, time.time())
+            self.store.record(
+                conn, action=RESUME, job_id=job_id, actor=actor, detail=_diff(job, updated)
+            )
+            return updated
+
+        resumed = await self.db.write(change)
+        self._applied([resumed])
+        return self._to_api(resumed)
+
+    async def run_job(self, job_id: str, actor: Actor) -> dict[str, Any]:
+        """Claim and start a run of a job now, outside its schedule; returns the started run.
+
+        Does not wait for the job to finish.  :raises JobNotFound, InvalidJob, JobBusy,
+        NotRunning (in a process that does not run jobs):
+        """
+        if self.local is None:
+            raise NotRunning("running a job")
+        job = await self.db.read(lambda conn: self._existing(conn, job_id))
+        run = await self.local.run_now(job)
+
+        def note(conn: Connection) -> None:
+            self.store.record(
+                conn, action=RUN_NOW, job_id=job_id, actor=actor, detail={"run": run.id}
+            )
+
+        await self.db.write(note)
         return run.to_dict()
 
-    # -- runs -----------------------------------------------------------------
+    async def apply_declarations(
+        self, declared: list[JobDef], owned: set[str], actor: Actor
+    ) -> tuple[list[str], list[str]]:
+        """Upsert the jobs the code declares; remove ``owned`` ones it no longer declares.
+
+        A job keeps its paused state and its next run when the code did not
+        change; a trigger, arguments or options changed in code replace the stored
+        ones.  Returns (changed ids, removed ids).
+        """
+
+        def change(conn: Connection) -> tuple[list[JobDef], list[str]]:
+            self.store.begin_change(conn)
+            written: list[JobDef] = []
+            now = time.time()
+            for job in declared:
+                stored = self.store.get(conn, job.id, lock=True)
+                if stored is None:
+                    self.store.insert(conn, job, now)
+                    self.store.record(
+                        conn, action=ADD, job_id=job.id, actor=actor, detail=_diff(None, job)
+                    )
+                    written.append(job)
+                elif stored.declared != job.declared or stored.damaged is not None:
+                    updated = job.changed(
+                        version=stored.version + 1,
+                        note=stored.note,
+                        next_run_time=None if stored.paused else job.next_run_time,
+                    )
+                    self.store.replace(conn, updated, now)
+                    self.store.record(
+                        conn,
+                        action=MODIFY,
+                        job_id=job.id,
+                        actor=actor,
+                        detail=_diff(stored, updated),
+                    )
+                    written.append(updated)
+            removed = []
+            for job_id in sorted(owned):
+                if self.store.delete(conn, job_id):
+                    self.store.record(conn, action=REMOVE, job_id=job_id, actor=actor, detail={})
+                    removed.append(job_id)
+            return written, removed
+
+        written, removed = await self.db.write(change)
+        if self.local is not None:
+            self.local.applied(written, removed)
+        return [job.id for job in written], removed
+
+    # -- runs ---------------------------------------------------------------------
 
     async def list_runs(
         self,
@@ -199,92 +380,152 @@ class JobService:
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
-        """Runs, newest first. :raises InvalidJob: for a bad status, limit or offset."""
+        """Runs and missed records, newest scheduled time first.
+
+        :raises InvalidJob: for a bad status, limit or offset.
+        """
         errors = []
-        if status is not None and status not in STATUSES:
-            errors.append({"field": "status", "message": f"must be one of {', '.join(STATUSES)}"})
+        if status is not None and status not in RUN_STATUSES:
+            errors.append(
+                {"field": "status", "message": f"must be one of {', '.join(RUN_STATUSES)}"}
+            )
         if not 1 <= limit <= 1000:
             errors.append({"field": "limit", "message": "must be between 1 and 1000"})
         if offset < 0:
             errors.append({"field": "offset", "message": "must be >= 0"})
         if errors:
             raise InvalidJob(errors)
-        runs, total = await self.runtime.ledger.list(
-            job_id=job_id, status=status, limit=limit, offset=offset
-        )
-        return {
-            "runs": [run.to_dict() for run in runs],
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-        }
 
-    def _job(self, job_id: str) -> Job:
-        job = self.runtime.scheduler.get_job(job_id)
-        if job is not None:
-            return job
-        if job_id in self.runtime.store.broken:
+        def read(conn: Connection) -> tuple[list[Run], int, dict[str, list[dict[str, Any]]]]:
+            runs, total = select_runs(
+                conn, job_id=job_id, status=status, limit=limit, offset=offset
+            )
+            earlier = select_attempts(conn, [run.id for run in runs if run.attempt > 1])
+            return runs, total, earlier
+
+        runs, total, earlier = await self.db.read(read)
+        items = []
+        for run in runs:
+            item = run.to_dict()
+            if run.id in earlier:
+                item["attempts"] = earlier[run.id]
+            items.append(item)
+        return {"runs": items, "total": total, "limit": limit, "offset": offset}
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _broken(self, job: JobDef) -> bool:
+        return job.damaged is not None or job.func not in self.tasks
+
+    def _to_api(self, job: JobDef) -> dict[str, Any]:
+        return job.to_api(broken=self._broken(job))
+
+    def _applied(self, jobs: list[JobDef]) -> None:
+        if self.local is not None:
+            self.local.applied(jobs, [])
+
+    def _existing(
+        self, conn: Connection, job_id: str, *, lock: bool = False, usable: bool = True
+    ) -> JobDef:
+        job = self.store.get(conn, job_id, lock=lock)
+        if job is None:
+            raise JobNotFound(job_id)
+        if usable and self._broken(job):
             raise InvalidJob(
                 [{"field": "func", "message": "this job's function is not registered any more"}]
             )
-        raise JobNotFound(job_id)
+        return job
+
+    def _first_time(self, spec: dict[str, Any]) -> datetime | None:
+        trigger = build_trigger(spec, self.settings.zone, jitter=False)
+        return fire_time_after(trigger, None, datetime.now(UTC))
+
+    def _trigger_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The full stored form of a requested trigger (start dates resolved now)."""
+        return trigger_to_spec(build_trigger(spec, self.settings.zone))
+
+    def _check_call(self, func_ref: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        func = self.tasks.resolve(func_ref).func
+        try:
+            check_callable_args(func, args, kwargs)
+        except ValueError as exc:
+            # APScheduler names the parameters; the caller can fix exactly that.
+            raise InvalidJob([{"field": "args", "message": str(exc)}]) from None
+
+    def new_job(self, spec: dict[str, Any], *, check_args: bool = True) -> JobDef:
+        """The job a validated spec describes, not stored yet.
+
+        :raises UnknownFunction, InvalidJob:
+        """
+        func = spec["func"]
+        self.tasks.resolve(func)  # UnknownFunction before anything else
+        job_id = spec.get("id") or uuid.uuid4().hex
+        args, kwargs = list(spec.get("args") or []), dict(spec.get("kwargs") or {})
+        if check_args:
+            self._check_call(func, args, kwargs)
+        trigger = self._trigger_spec(spec["trigger"])
+        job = JobDef(
+            id=job_id,
+            func=func,
+            trigger=trigger,
+            name=spec.get("name") or job_id,
+            args=args,
+            kwargs=kwargs,
+            misfire_grace_time=spec.get("misfire_grace_time", self.settings.misfire_grace_time),
+            max_instances=spec.get("max_instances", 1),
+            coalesce=spec.get("coalesce", self.settings.coalesce),
+            rerun_interrupted=spec.get("rerun_interrupted", False),
+            declared=spec.get("declared"),
+            version=1,
+        )
+        _check_json(job)
+        if spec.get("paused"):
+            return job
+        return job.changed(next_run_time=self._first_time(trigger))
+
+    def _changed(self, job: JobDef, changes: dict[str, Any]) -> JobDef:
+        """``job`` with ``changes`` applied and validated, version bumped if anything changed."""
+        values: dict[str, Any] = {}
+        for key in ("name", "misfire_grace_time", "max_instances", "coalesce", "rerun_interrupted"):
+            if changes.get(key) is not None and changes[key] != getattr(job, key):
+                values[key] = changes[key]
+        if "args" in changes:
+            values["args"] = list(changes["args"] or [])
+        if "kwargs" in changes:
+            values["kwargs"] = dict(changes["kwargs"] or {})
+        if changes.get("func") is not None:
+            values["func"] = changes["func"]
+        trigger = job.trigger
+        if changes.get("trigger") is not None:
+            trigger = values["trigger"] = self._trigger_spec(changes["trigger"])
+        updated = job.changed(**values)
+        self._check_call(updated.func, updated.args, updated.kwargs)
+        _check_json(updated)
+        paused = changes.get("paused", job.paused)
+        if paused:
+            updated = updated.changed(next_run_time=None)
+        elif job.paused or "trigger" in values:
+            updated = updated.changed(next_run_time=self._first_time(trigger), note=None)
+        if updated == job:
+            return job
+        return updated.changed(version=job.version + 1)
 
 
-def job_to_dict(job: Job) -> dict[str, Any]:
-    """Flask-APScheduler's job JSON, plus coalesce, jitter, timezone, paused, broken."""
-    data: dict[str, Any] = {
-        "id": job.id,
-        "name": job.name,
-        "func": job.func_ref,
-        "args": list(job.args),
-        "kwargs": dict(job.kwargs),
-    }
-    data.update(trigger_fields(job.trigger))
-    data.update(
-        misfire_grace_time=job.misfire_grace_time,
-        max_instances=job.max_instances,
-        next_run_time=_iso(job.next_run_time),
-        coalesce=job.coalesce,
-        jitter=getattr(job.trigger, "jitter", None),
-        paused=job.next_run_time is None,
-        broken=False,
-    )
-    return data
+def _check_json(job: JobDef) -> None:
+    try:
+        job.data()
+    except (TypeError, ValueError):
+        raise InvalidJob(
+            [{"field": "args", "message": "args and kwargs must be JSON values"}]
+        ) from None
 
 
-def broken_to_dict(row: Row) -> dict[str, Any]:
-    """The job JSON of a stored job whose function is not registered."""
-    fields = row.fields
-    trigger = fields.get("trigger", {})
-    data: dict[str, Any] = {
-        "id": row.id,
-        "name": fields.get("name"),
-        "func": row.func,
-        "args": fields.get("args", []),
-        "kwargs": fields.get("kwargs", {}),
-    }
-    data.update(spec_fields(trigger))
-    data.update(
-        misfire_grace_time=fields.get("misfire_grace_time"),
-        max_instances=fields.get("max_instances"),
-        next_run_time=None
-        if row.next_run_time is None
-        else _iso(datetime.fromtimestamp(row.next_run_time, UTC)),
-        coalesce=fields.get("coalesce"),
-        jitter=trigger.get("jitter"),
-        paused=row.next_run_time is None,
-        broken=True,
-    )
-    return data
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _invalid(exc: Exception) -> InvalidJob:
-    if isinstance(exc, InvalidJob):
-        return exc
-    # APScheduler's messages here are about the caller's values (argument names,
-    # option types), never internal state, so they are safe to show.
-    return InvalidJob([{"field": "job", "message": str(exc)}])
+def _diff(before: JobDef | None, after: JobDef) -> dict[str, Any]:
+    """``{field: [old, new]}`` for what differs (every field when ``before`` is None)."""
+    detail: dict[str, Any] = {}
+    for name in HISTORY_FIELDS:
+        new = getattr(after, name)
+        old = None if before is None else getattr(before, name)
+        if before is None or old != new:
+            detail[name] = [old, new]
+    return detail

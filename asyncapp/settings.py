@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -78,9 +78,24 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Connection limit of the shared HTTP client."
     )
     sync_interval: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="Seconds between checks for changes made by other processes "
+        "(on PostgreSQL they also arrive at once through LISTEN/NOTIFY).",
+    )
+    heartbeat_interval: float = Field(
         default=2.0,
         gt=0,
-        description="Seconds between checks for job changes made by other processes (CLI).",
+        le=60,
+        description="Seconds between this process's heartbeats in the database.",
+    )
+    process_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds without a heartbeat after which a process counts as dead and its "
+        "runs in progress are marked interrupted. Keep it several heartbeat intervals long.",
     )
     node_name: str = Field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",
@@ -143,6 +158,21 @@ class Settings(BaseSettings):
             raise ValueError("must start with '/' and not end with '/', e.g. /scheduler")
         return value
 
+    @field_validator("node_name")
+    @classmethod
+    def _check_node(cls, value: str) -> str:
+        if "\x00" in value or len(value) > 200:
+            raise ValueError("must be at most 200 characters, without NUL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_timeout(self) -> Settings:
+        if self.process_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                "ASYNCAPP_PROCESS_TIMEOUT must be at least twice ASYNCAPP_HEARTBEAT_INTERVAL"
+            )
+        return self
+
     @field_validator("log_level")
     @classmethod
     def _check_level(cls, value: str) -> str:
@@ -183,9 +213,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
             message = error["msg"].removeprefix("Value error, ")
+            if not error["loc"]:  # a check across settings names them itself
+                problems.append(message)
+                continue
             if error["type"] == "extra_forbidden":
                 message = "unknown setting"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+            problems.append(f"{ENV_PREFIX}{str(error['loc'][0]).upper()}: {message}")
         raise SettingsError(problems) from None

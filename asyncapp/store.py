@@ -1,291 +1,231 @@
-"""The JSON job store: APScheduler's in-memory store, persisted write-behind.
+"""Jobs, their change history and the scheduler-wide state, in the database.
 
-APScheduler calls its job store synchronously on the loop thread, every time a
-job fires (DESIGN.md Fact 5).  So the scheduler reads and writes memory only
-(:class:`MemoryJobStore`, which is already sorted by next run time) and every
-change is queued on :class:`~asyncapp.db.Writer`, which writes it off the loop.
-The database stays the source of truth: it is loaded at start, and
-:meth:`JobStore.sync` pulls in what other processes (the CLI, later other
-workers) changed, detected by the ``jobs_revision`` counter.
+Every function here runs inside a transaction the caller opened on a
+database thread (:meth:`asyncapp.db.Database.write` / ``read``); none touches
+the loop or the in-memory cache.  A change is one transaction: the job row,
+one row of ``asyncapp_changes`` saying who changed what, and (PostgreSQL) a
+``NOTIFY`` that other processes receive once it commits.
 
-Rows hold JSON only (function reference, trigger spec, args, kwargs, options),
-never pickles, and functions are resolved through the ``@task`` registry, so
-nothing in the database can make us import or run arbitrary code.  A row whose
-function is not registered is kept and reported as broken, never deleted.
+``asyncapp_changes`` is both the history that people read and the feed that
+processes follow to refresh their caches.  A feed read by "ids after the last
+one seen" skips a change whose id was allocated before, but committed after,
+one already seen; so on PostgreSQL change transactions take one advisory lock
+and commit in id order (they are rare and short; claims, the hot path, never
+take it).  SQLite has one writer at a time anyway.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from apscheduler.job import Job
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.jobstores.memory import MemoryJobStore
-from apscheduler.schedulers.base import BaseScheduler
-from sqlalchemy import select
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
-from .db import Database, Writer, bump_revision, jobs_table, read_revision
-from .errors import InvalidJob, UnknownFunction
-from .tasks import Registry
-from .triggers import build_trigger, trigger_to_spec
+from .constants import SCHEDULER, SCHEDULER_RUNNING, ChangeSource, SchedulerState
+from .db import Database, as_utc, storable
+from .jobs import JobDef
+from .schema import changes_table, jobs_table, scheduler_table
 
 log = logging.getLogger("asyncapp.store")
 
+CHANNEL = "asyncapp_changes"
+#: Serialises change transactions on PostgreSQL (any agreed number; spells "asychng").
+CHANGE_LOCK_KEY = 0x61737963686E67
+
 
 @dataclass(frozen=True)
-class Row:
-    """One stored job, as in the database."""
+class Actor:
+    """Who asks for a change: the face it came through and, for HTTP, the client address."""
 
-    id: str
-    func: str
-    next_run_time: float | None
-    data: str
-
-    @property
-    def fields(self) -> dict[str, Any]:
-        return json.loads(self.data)  # type: ignore[no-any-return]
+    source: ChangeSource
+    client: str | None = None
 
 
-class JobStore(MemoryJobStore):
-    """APScheduler job store: memory for the scheduler, the database for durability."""
+@dataclass(frozen=True)
+class Change:
+    """One recorded change, as ``GET /scheduler/jobs/<id>/changes`` shows it."""
 
-    def __init__(self, db: Database, registry: Registry, timezone: tzinfo) -> None:
-        super().__init__()
-        self.db = db
-        self.registry = registry
-        self.timezone = timezone
-        self.writer: Writer | None = None
-        #: Stored jobs whose function is not registered, by id.
-        self.broken: dict[str, Row] = {}
-        #: The code declaration (``@task(trigger)``) each code-defined job was built from.
-        self.declared: dict[str, dict[str, Any]] = {}
-        self._primed: list[Row] = []
-        self._known_revision = -1
-        self._batches = 0
-        self._written_in_batch: dict[str, int] = {}
-        # The row of each job in memory, as last loaded or queued: lets a reload
-        # skip unchanged jobs without serialising each one again on the loop.
-        self._rows: dict[str, Row] = {}
+    id: int
+    at: datetime
+    job_id: str | None
+    action: str
+    source: str
+    client: str | None
+    detail: dict[str, Any] = field(default_factory=dict)
 
-    # -- loading -----------------------------------------------------------
-
-    def load(self, conn: Connection) -> tuple[int, int, list[Row]]:
-        """Read every row (database thread): (revision, batch counter, rows).
-
-        The revision is read first: without snapshot isolation a change committed
-        between the two reads is then in the rows and also makes the next check
-        reload, instead of being marked as seen without having been read.
-        """
-        revision = read_revision(conn)
-        rows = [
-            Row(r.id, r.func, r.next_run_time, r.data)
-            for r in conn.execute(select(jobs_table).order_by(jobs_table.c.id))
-        ]
-        # Set here, on the database thread, where after_batch also runs: set on
-        # the loop after the await, it could go back behind a batch written in
-        # between, and every later batch would look like another process's.
-        self._known_revision = revision
-        return revision, self._batches, rows
-
-    async def prime(self) -> None:
-        """Load the stored jobs; they enter memory when the scheduler starts."""
-        _, _, rows = await self.db.run(self.db.transaction, self.load)
-        self._primed = rows
-
-    def start(self, scheduler: BaseScheduler, alias: str) -> None:
-        super().start(scheduler, alias)
-        rows, self._primed = self._primed, []
-        for row in rows:
-            job = self._job_or_broken(row)
-            if job is not None:
-                MemoryJobStore.add_job(self, job)
-                self._rows[row.id] = row
-
-    def shutdown(self) -> None:
-        """Keep jobs: they live on in the database and in memory for a restart."""
-
-    # -- APScheduler's job store interface: memory first, then queue the write --
-
-    def add_job(self, job: Job) -> None:
-        row = self.row(job)
-        super().add_job(job)
-        self.broken.pop(job.id, None)
-        self._queue_upsert(row)
-
-    def update_job(self, job: Job) -> None:
-        row = self.row(job)
-        super().update_job(job)
-        self._queue_upsert(row)
-
-    def remove_job(self, job_id: str) -> None:
-        super().remove_job(job_id)
-        self.declared.pop(job_id, None)
-        self._queue_delete(job_id)
-
-    def remove_all_jobs(self) -> None:
-        for job in self.get_all_jobs():
-            self._queue_delete(job.id)
-        super().remove_all_jobs()
-        self.declared.clear()
-
-    def remove_broken(self, job_id: str) -> None:
-        """Delete a stored job whose function is not registered."""
-        if self.broken.pop(job_id, None) is None:
-            raise JobLookupError(job_id)
-        self._queue_delete(job_id)
-
-    # -- rows ----------------------------------------------------------------
-
-    def row(self, job: Job) -> Row:
-        """The database row of a job.
-
-        :raises InvalidJob: if args or kwargs are not JSON.
-        """
-        data = {
-            "name": job.name,
-            "args": list(job.args),
-            "kwargs": dict(job.kwargs),
-            "trigger": trigger_to_spec(job.trigger),
-            "misfire_grace_time": job.misfire_grace_time,
-            "max_instances": job.max_instances,
-            "coalesce": job.coalesce,
-            "declared": self.declared.get(job.id),
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "job_id": self.job_id,
+            "action": self.action,
+            "source": self.source,
+            "client": self.client,
+            "detail": self.detail,
         }
-        try:
-            text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError):
-            raise InvalidJob(
-                [{"field": "args", "message": "args and kwargs must be JSON values"}]
-            ) from None
-        return Row(job.id, job.func_ref, _timestamp(job.next_run_time), text)
 
-    def job_from_row(self, row: Row) -> Job:
-        """Build the Job a row describes.
 
-        :raises UnknownFunction: if its function is not registered.
-        """
-        task = self.registry.resolve(row.func)
-        fields = row.fields
-        if fields.get("declared") is not None:
-            self.declared[row.id] = fields["declared"]
-        next_run = (
-            None if row.next_run_time is None else datetime.fromtimestamp(row.next_run_time, UTC)
+class JobStore:
+    """The database side of jobs; methods take the transaction's connection."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- reads -----------------------------------------------------------------------
+
+    def get(self, conn: Connection, job_id: str, *, lock: bool = False) -> JobDef | None:
+        """The stored job ``job_id``, or None; ``lock`` holds its row until commit."""
+        query = select(jobs_table).where(jobs_table.c.id == job_id)
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        return None if row is None else load(row)
+
+    def all(self, conn: Connection) -> list[JobDef]:
+        """Every stored job, soonest next run first, paused ones last."""
+        rows = conn.execute(
+            select(jobs_table).order_by(
+                jobs_table.c.next_run_time.is_(None), jobs_table.c.next_run_time, jobs_table.c.id
+            )
         )
-        job = Job(
-            self._scheduler,
+        return [load(row) for row in rows]
+
+    def some(self, conn: Connection, job_ids: list[str]) -> dict[str, JobDef]:
+        found: dict[str, JobDef] = {}
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start : start + 500]
+            for row in conn.execute(select(jobs_table).where(jobs_table.c.id.in_(chunk))):
+                found[row.id] = load(row)
+        return found
+
+    def count(self, conn: Connection) -> int:
+        return int(conn.execute(select(func.count()).select_from(jobs_table)).scalar_one())
+
+    def scheduler_state(self, conn: Connection) -> SchedulerState:
+        state = conn.execute(
+            select(scheduler_table.c.state).where(scheduler_table.c.id == 1)
+        ).scalar()
+        return state or SCHEDULER_RUNNING  # type: ignore[return-value]
+
+    def last_change_id(self, conn: Connection) -> int:
+        return int(
+            conn.execute(select(func.coalesce(func.max(changes_table.c.id), 0))).scalar_one()
+        )
+
+    def changes_after(self, conn: Connection, after: int) -> list[Change]:
+        rows = conn.execute(
+            select(changes_table).where(changes_table.c.id > after).order_by(changes_table.c.id)
+        )
+        return [_change(row) for row in rows]
+
+    def history(
+        self, conn: Connection, job_id: str | None, limit: int, offset: int
+    ) -> tuple[list[Change], int]:
+        """Changes of one job (or of all), newest first, and how many there are."""
+        where = [] if job_id is None else [changes_table.c.job_id == job_id]
+        total = conn.execute(select(func.count()).select_from(changes_table).where(*where))
+        rows = conn.execute(
+            select(changes_table)
+            .where(*where)
+            .order_by(changes_table.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_change(row) for row in rows], int(total.scalar_one())
+
+    # -- writes: call inside a write transaction, after begin_change -------------------
+
+    def begin_change(self, conn: Connection) -> None:
+        """Take the change lock (PostgreSQL): changes then commit in the order of their ids."""
+        if self.db.is_postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHANGE_LOCK_KEY})
+
+    def insert(self, conn: Connection, job: JobDef, now: float) -> None:
+        conn.execute(insert(jobs_table).values(id=job.id, updated_at=now, **job.columns()))
+
+    def replace(self, conn: Connection, job: JobDef, now: float) -> None:
+        """Write ``job`` over its row (the caller holds the row lock and bumped the version)."""
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job.id)
+            .values(updated_at=now, **job.columns())
+        )
+
+    def delete(self, conn: Connection, job_id: str) -> bool:
+        return bool(conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)).rowcount)
+
+    def set_scheduler_state(self, conn: Connection, state: SchedulerState, now: float) -> str:
+        """Store the scheduler-wide state; returns the one it replaces."""
+        before = self.scheduler_state(conn)
+        changed = conn.execute(
+            update(scheduler_table)
+            .where(scheduler_table.c.id == 1)
+            .values(state=state, changed_at=now)
+        )
+        if not changed.rowcount:
+            conn.execute(insert(scheduler_table).values(id=1, state=state, changed_at=now))
+        return before
+
+    def record(
+        self,
+        conn: Connection,
+        *,
+        action: str,
+        job_id: str | None,
+        actor: Actor,
+        detail: dict[str, Any],
+    ) -> int:
+        """Add a change to the history and tell the other processes; returns its id."""
+        change_id = conn.execute(
+            insert(changes_table)
+            .values(
+                at=datetime.now(UTC),
+                job_id=job_id,
+                action=action if job_id is not None else SCHEDULER,
+                source=actor.source,
+                client=storable(actor.client, 200),
+                detail=json.dumps(detail, sort_keys=True, default=str),
+            )
+            .returning(changes_table.c.id)
+        ).scalar_one()
+        if self.db.is_postgres:
+            conn.execute(text("SELECT pg_notify(:channel, :payload)"), {
+                "channel": CHANNEL, "payload": str(change_id),
+            })  # fmt: skip
+        return int(change_id)
+
+
+def load(row: Any) -> JobDef:
+    """The job a row holds; a row whose data cannot be read becomes a job that cannot run."""
+    try:
+        return JobDef.from_row(row)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.error("job %s: its stored definition cannot be read (%s)", row.id, exc)
+        return JobDef(
             id=row.id,
-            func=task.func,
-            args=tuple(fields["args"]),
-            kwargs=fields["kwargs"],
-            trigger=build_trigger(fields["trigger"], self.timezone),
-            executor="default",
-            name=fields["name"],
-            misfire_grace_time=fields["misfire_grace_time"],
-            max_instances=fields["max_instances"],
-            coalesce=fields["coalesce"],
-            next_run_time=next_run,
+            func=row.func,
+            trigger={},
+            damaged="its stored definition cannot be read",
+            next_run_time=None,
+            version=row.version,
         )
-        job._jobstore_alias = self._alias
-        return job
-
-    def _job_or_broken(self, row: Row) -> Job | None:
-        try:
-            return self.job_from_row(row)
-        except (UnknownFunction, InvalidJob, KeyError, TypeError, ValueError) as exc:
-            if row.id not in self.broken:
-                log.error("job %s is broken and will not run: %s", row.id, exc)
-            self.broken[row.id] = row
-            return None
-
-    # -- writes --------------------------------------------------------------
-
-    def _queue_upsert(self, row: Row) -> None:
-        self._rows[row.id] = row
-        if self.writer is not None:
-            self.writer.upsert(
-                jobs_table,
-                row.id,
-                {"func": row.func, "next_run_time": row.next_run_time, "data": row.data},
-            )
-
-    def _queue_delete(self, job_id: str) -> None:
-        self._rows.pop(job_id, None)
-        if self.writer is not None:
-            self.writer.delete(jobs_table, job_id)
-
-    def after_batch(self, conn: Connection, keys: list[tuple[str, str]]) -> None:
-        """Writer hook (database thread): bump the revision if jobs changed."""
-        job_ids = [row_id for table, row_id in keys if table == jobs_table.name]
-        if not job_ids:
-            return
-        self._batches += 1
-        for job_id in job_ids:
-            self._written_in_batch[job_id] = self._batches
-        revision = bump_revision(conn)
-        if revision == self._known_revision + 1:
-            # Nobody else wrote since we last looked: no need to reload.
-            self._known_revision = revision
-
-    # -- changes made by other processes ---------------------------------------
-
-    async def sync(self) -> bool:
-        """Apply job changes other processes made; True if anything was reloaded.
-
-        Local changes win over older rows: a row is skipped when a newer local
-        write for that job is queued or was written after the rows were read.
-        """
-        if self._scheduler is None or not await self.db.run(self.db.transaction, self._changed):
-            return False
-        revision, snapshot, rows = await self.db.run(self.db.transaction, self.load)
-        pending = self.writer.pending_keys() if self.writer is not None else set()
-
-        def newer_locally(job_id: str) -> bool:
-            return (jobs_table.name, job_id) in pending or (
-                self._written_in_batch.get(job_id, 0) > snapshot
-            )
-
-        with self._scheduler._jobstores_lock:
-            seen = set()
-            for row in rows:
-                seen.add(row.id)
-                if not newer_locally(row.id):
-                    self._apply_row(row)
-            for job in self.get_all_jobs():
-                if job.id not in seen and not newer_locally(job.id):
-                    MemoryJobStore.remove_job(self, job.id)
-                    self._rows.pop(job.id, None)
-            for job_id in set(self.broken) - seen:
-                del self.broken[job_id]
-        self._scheduler.wakeup()
-        log.info("reloaded jobs changed by another process (revision %s)", revision)
-        return True
-
-    def _changed(self, conn: Connection) -> bool:
-        """Whether another process wrote jobs since we last looked (database thread)."""
-        return read_revision(conn) != self._known_revision
-
-    def _apply_row(self, row: Row) -> None:
-        current = self.lookup_job(row.id)
-        if current is not None and self._rows.get(row.id) == row:
-            return
-        job = self._job_or_broken(row)
-        if job is None:
-            if current is not None:
-                MemoryJobStore.remove_job(self, row.id)
-                self._rows.pop(row.id, None)
-            return
-        self._rows[row.id] = row
-        self.broken.pop(row.id, None)
-        if current is None:
-            MemoryJobStore.add_job(self, job)
-        else:
-            MemoryJobStore.update_job(self, job)
 
 
-def _timestamp(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
+def _change(row: Any) -> Change:
+    try:
+        detail = json.loads(row.detail)
+    except ValueError:
+        detail = {}
+    return Change(
+        id=row.id,
+        at=as_utc(row.at),  # type: ignore[arg-type]
+        job_id=row.job_id,
+        action=row.action,
+        source=row.source,
+        client=row.client,
+        detail=detail if isinstance(detail, dict) else {},
+    )

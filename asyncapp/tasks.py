@@ -75,6 +75,9 @@ class Registry:
         except (KeyError, TypeError):
             raise UnknownFunction(ref, self._tasks) from None
 
+    def __contains__(self, ref: object) -> bool:
+        return ref in self._tasks
+
     def refs(self) -> list[str]:
         return sorted(self._tasks)
 

@@ -17,17 +17,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .constants import CRON_FIELDS, INTERVAL_UNITS, SECONDS_PER, TRIGGER_FIELDS, TRIGGER_TYPES
 from .errors import InvalidJob
-
-TRIGGER_TYPES = ("interval", "cron", "date")
-INTERVAL_UNITS = ("weeks", "days", "hours", "minutes", "seconds")
-CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
-COMMON_FIELDS = ("start_date", "end_date", "timezone", "jitter")
-FIELDS_BY_TYPE: dict[str, tuple[str, ...]] = {
-    "interval": (*INTERVAL_UNITS, *COMMON_FIELDS),
-    "cron": (*CRON_FIELDS, *COMMON_FIELDS),
-    "date": ("run_date", "timezone"),
-}
 
 Spec = dict[str, Any]
 
@@ -40,10 +31,13 @@ def spec_from_args(trigger: str, **fields: Any) -> Spec:
     return spec
 
 
-def build_trigger(spec: Spec, default_timezone: tzinfo) -> BaseTrigger:
+def build_trigger(spec: Spec, default_timezone: tzinfo, *, jitter: bool = True) -> BaseTrigger:
     """Build the APScheduler trigger a spec describes.
 
     Naive dates are read in the trigger's ``timezone`` (else ``default_timezone``).
+    ``jitter=False`` leaves the spec's jitter out: the scheduler computes the
+    exact times, which are the claim keys every process must agree on, and the
+    executor delays the start by a random part of the jitter after the claim.
 
     :raises InvalidJob: with one ``trigger.<field>`` error per bad field.
     """
@@ -51,7 +45,7 @@ def build_trigger(spec: Spec, default_timezone: tzinfo) -> BaseTrigger:
     if kind not in TRIGGER_TYPES:
         raise InvalidJob([_error("type", f"must be one of {', '.join(TRIGGER_TYPES)}")])
     errors: list[dict[str, str]] = []
-    allowed = FIELDS_BY_TYPE[kind]
+    allowed = TRIGGER_FIELDS[kind]
     for key in spec:
         if key != "type" and key not in allowed:
             errors.append(_error(key, f"unknown field for a {kind} trigger"))
@@ -61,18 +55,48 @@ def build_trigger(spec: Spec, default_timezone: tzinfo) -> BaseTrigger:
         for name in ("start_date", "end_date", "run_date")
         if spec.get(name) is not None
     }
-    jitter = spec.get("jitter")
-    if jitter is not None and (not _is_number(jitter) or jitter < 0):
+    if spec.get("jitter") is not None and (not _is_number(spec["jitter"]) or spec["jitter"] < 0):
         errors.append(_error("jitter", "must be a number of seconds >= 0"))
     if errors:
         raise InvalidJob(errors)
+    spread = spec.get("jitter") if jitter else None
     if kind == "interval":
-        return _interval(spec, zone, dates, jitter)
+        return _interval(spec, zone, dates, spread)
     if kind == "cron":
-        return _cron(spec, zone, dates, jitter)
+        return _cron(spec, zone, dates, spread)
     if "run_date" not in dates:
         raise InvalidJob([_error("run_date", "is required for a date trigger")])
     return DateTrigger(run_date=dates["run_date"], timezone=zone)
+
+
+#: How far past a scheduled time to look for the next one (much less than any interval).
+STEP = timedelta(milliseconds=1)
+
+
+def fire_time_after(trigger: BaseTrigger, after: datetime | None, now: datetime) -> datetime | None:
+    """The first time of ``trigger`` after ``after`` (or, if None, the first at or after ``now``).
+
+    Every process must compute bit-identical times, because a scheduled time is
+    half of the claim key.  APScheduler's interval trigger adds the interval to
+    the previous time in float seconds, so a chain of additions drifts by
+    microseconds from ``start + n * interval`` and two processes that started
+    the chain at different times would claim different keys for the same
+    time.  So the next time is always asked for "at or after" an instant, the
+    form that computes ``start + n * interval`` (and cron fields) from scratch.
+    """
+    if isinstance(trigger, DateTrigger):
+        return trigger.run_date if after is None else None
+    since = now if after is None else after + STEP
+    result: datetime | None = trigger.get_next_fire_time(None, since)
+    return result
+
+
+def canonical_time(trigger: BaseTrigger, moment: datetime) -> datetime | None:
+    """The scheduled time that ``moment`` (read back from a float column) stands for."""
+    if isinstance(trigger, DateTrigger):
+        return trigger.run_date
+    result: datetime | None = trigger.get_next_fire_time(None, moment - STEP)
+    return result
 
 
 def trigger_to_spec(trigger: BaseTrigger) -> Spec:
@@ -169,7 +193,8 @@ def _common(trigger: IntervalTrigger | CronTrigger) -> Spec:
 def _split_interval(interval: timedelta) -> dict[str, float]:
     seconds = interval.total_seconds()
     parts: dict[str, float] = {}
-    for unit, size in (("weeks", 604800), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+    for unit in INTERVAL_UNITS[:-1]:
+        size = SECONDS_PER[unit]
         parts[unit], seconds = divmod(seconds, size)
         parts[unit] = int(parts[unit])
     parts["seconds"] = int(seconds) if float(seconds).is_integer() else seconds

@@ -19,18 +19,21 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from .constants import SECONDS_PER
 from .errors import InvalidJob
 from .schemas import (
     ALL_TRIGGER_FIELDS,
     CRON_FIELDS,
     INTERVAL_FIELDS,
     MAX_INTERVAL_SECONDS,
-    SECONDS_PER,
+    MIN_INTERVAL_SECONDS,
     TRIGGER_FIELDS,
     JobCreate,
     JobFields,
     JobUpdate,
     NestedTrigger,
+    PageQuery,
+    PauseRequest,
     RunQuery,
     ShutdownRequest,
     TriggerType,
@@ -101,12 +104,12 @@ def _trigger_spec(model: JobFields, trigger: TriggerType | NestedTrigger) -> dic
         return spec
     if kind == "interval":
         total = sum(values.get(name, 0) * SECONDS_PER[name] for name in INTERVAL_FIELDS)
-        if not 0 < total <= MAX_INTERVAL_SECONDS:
+        if not MIN_INTERVAL_SECONDS <= total <= MAX_INTERVAL_SECONDS:
             raise InvalidJob(
                 [
                     {
                         "field": "trigger",
-                        "message": "interval must be longer than 0 and at most 100 years",
+                        "message": "interval must be at least 0.01 seconds and at most 100 years",
                     }
                 ]
             )
@@ -163,7 +166,7 @@ def parse_job_create(data: Any) -> dict[str, Any]:
         "name": model.name or model.id,
     }
     # Options left out take the service's defaults (ASYNCAPP_MISFIRE_GRACE_TIME ...).
-    for name in ("misfire_grace_time", "max_instances", "coalesce", "paused"):
+    for name in ("misfire_grace_time", "max_instances", "coalesce", "paused", "rerun_interrupted"):
         if getattr(model, name) is not None:
             spec[name] = getattr(model, name)
     return spec
@@ -185,6 +188,7 @@ def parse_job_update(job_id: str, data: Any) -> dict[str, Any]:
         "max_instances",
         "coalesce",
         "paused",
+        "rerun_interrupted",
     ):
         if getattr(model, name) is not None:
             changes[name] = getattr(model, name)
@@ -205,6 +209,20 @@ def parse_run_query(args: dict[str, str]) -> RunQuery:
         return RunQuery.model_validate(args)
     except ValidationError as exc:
         raise InvalidJob(field_errors(exc)) from None
+
+
+def parse_page_query(args: dict[str, str]) -> PageQuery:
+    """Validate paging query parameters; raise InvalidJob on bad ones."""
+    try:
+        return PageQuery.model_validate(args)
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc)) from None
+
+
+def parse_pause(data: Any) -> str | None:
+    """Return the ``note`` of a pause body."""
+    note: str | None = _validate(PauseRequest, data).note
+    return note
 
 
 def parse_shutdown(data: Any) -> bool:

@@ -6,6 +6,7 @@ Runs are recorded in ``fired``; tests await ``wait_fired`` instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,8 @@ async def hold(tag: str) -> None:
 
 @task
 async def fail(message: str) -> None:
+    """Record ``fail:<message>``, then raise ValueError(message)."""
+    _record(f"fail:{message}")
     raise ValueError(message)
 
 
@@ -110,6 +113,25 @@ def append_line(path: str, line: str) -> None:
     """For tests across processes: append a line to a file."""
     with Path(path).open("a") as handle:
         handle.write(line + "\n")
+
+
+@task
+async def mark(path: str, label: str = "", seconds: float = 0) -> None:
+    """For tests across processes: append one line per start, then sleep ``seconds``.
+
+    The line is ``<scheduled time> <pid> <run id> <label>``; one ``write`` of a
+    short line to a file opened for appending is atomic, so several processes
+    can share the file.
+    """
+    run = current_run()
+    line = f"{run.scheduled_for.isoformat()} {os.getpid()} {run.run_id} {label}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    if seconds:
+        await asyncio.sleep(seconds)
 
 
 @task

@@ -27,8 +27,10 @@ async def sites() -> AsyncIterator[str]:
 
 
 async def finished(app: Flask) -> None:
-    """Wait until the runs in progress have ended (the executor's tasks are done)."""
-    assert await app.extensions["asyncapp"].runtime.executor.drain(grace=10) == 0
+    """Wait until the runs in progress have ended and their results are written."""
+    runtime = app.extensions["asyncapp"].runtime
+    assert await runtime.dispatcher.drain(grace=10) == 0
+    assert await runtime.recorder.flush(10)
 
 
 async def test_default_jobs_are_the_hourly_task_only(make_app: Callable[..., Flask]) -> None:

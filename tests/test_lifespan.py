@@ -9,7 +9,7 @@ from flask import Flask
 
 from asyncapp import NotRunning
 from asyncapp.asgi import to_asgi
-from tests.conftest import StartupFailed, lifespan, serve
+from tests.conftest import AUTH, StartupFailed, lifespan, serve
 
 
 async def test_startup_starts_the_scheduler_and_shutdown_stops_it(
@@ -39,7 +39,7 @@ async def test_startup_failure_is_reported_with_a_one_line_reason(
         async with lifespan(to_asgi(app)):
             pass
     message = str(failure.value)
-    assert "OperationalError" in message
+    assert message.startswith("cannot open the database: OperationalError")
     assert "\n" not in message and "Traceback" not in message
     assert not app.extensions["asyncapp"].runtime.started
 
@@ -49,7 +49,7 @@ async def test_readyz_is_503_when_the_scheduler_is_shut_down(
 ) -> None:
     app = make_app()
     async with serve(app) as client:
-        app.extensions["asyncapp"].service().shutdown_scheduler()
+        assert (await client.post("/scheduler/shutdown", headers=AUTH)).status_code == 204
         response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["problems"] == ["the scheduler is stopped"]

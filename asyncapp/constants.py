@@ -1,0 +1,90 @@
+"""The vocabulary shared by the database, the API, the CLI and the dashboard.
+
+Run statuses, missed-run reasons, change sources and actions, scheduler states
+and trigger fields are spelled here once; every other module imports them, so
+a new status or reason is added in one place and the schemas follow.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+# -- runs ----------------------------------------------------------------------------
+
+RUNNING: Final = "running"
+SUCCESS: Final = "success"
+ERROR: Final = "error"
+TIMEOUT: Final = "timeout"
+MISSED: Final = "missed"
+INTERRUPTED: Final = "interrupted"
+
+RunStatus = Literal["running", "success", "error", "timeout", "missed", "interrupted"]
+RUN_STATUSES: Final[tuple[RunStatus, ...]] = (RUNNING, SUCCESS, ERROR, TIMEOUT, MISSED, INTERRUPTED)
+FINAL_STATUSES: Final = frozenset(RUN_STATUSES) - {RUNNING}
+
+# Why a scheduled time did not run (``missed`` runs carry one in ``reason``).
+COALESCED: Final = "coalesced"  # a later time of the same job ran instead (coalesce)
+LATE: Final = "late"  # it could not start within misfire_grace_time
+NO_SCHEDULER: Final = "no_scheduler"  # no scheduler process was running at that time
+DATABASE_DOWN: Final = "database_unavailable"  # the database could not record a claim
+OVERLAP: Final = "overlap"  # max_instances runs of the job were still in progress
+SCHEDULER_PAUSED: Final = "scheduler_paused"  # the scheduler was paused or stopped
+
+MissedReason = Literal[
+    "coalesced", "late", "no_scheduler", "database_unavailable", "overlap", "scheduler_paused"
+]
+MISSED_REASONS: Final[dict[str, str]] = {
+    COALESCED: "coalesced into a later run of the same job",
+    LATE: "could not start within misfire_grace_time of its scheduled time",
+    NO_SCHEDULER: "no scheduler process was running at its scheduled time",
+    DATABASE_DOWN: "the database was unavailable at its scheduled time",
+    OVERLAP: "the previous run was still in progress (max_instances reached)",
+    SCHEDULER_PAUSED: "the scheduler was paused or stopped at its scheduled time",
+}
+
+# -- changes -------------------------------------------------------------------------
+
+ChangeSource = Literal["api", "cli", "dashboard", "code"]
+CHANGE_SOURCES: Final[tuple[ChangeSource, ...]] = ("api", "cli", "dashboard", "code")
+
+ADD: Final = "add"
+MODIFY: Final = "modify"
+PAUSE: Final = "pause"
+RESUME: Final = "resume"
+REMOVE: Final = "remove"
+RUN_NOW: Final = "run"
+SCHEDULER: Final = "scheduler"  # a change of the scheduler-wide state
+
+# -- the scheduler -------------------------------------------------------------------
+
+SchedulerState = Literal["running", "paused", "stopped"]
+SCHEDULER_RUNNING: Final = "running"
+SCHEDULER_PAUSED_STATE: Final = "paused"
+SCHEDULER_STOPPED: Final = "stopped"
+SCHEDULER_STATES: Final[tuple[SchedulerState, ...]] = ("running", "paused", "stopped")
+
+# -- triggers ------------------------------------------------------------------------
+
+TriggerType = Literal["date", "interval", "cron"]
+TRIGGER_TYPES: Final[tuple[TriggerType, ...]] = ("interval", "cron", "date")
+INTERVAL_UNITS: Final = ("weeks", "days", "hours", "minutes", "seconds")
+SECONDS_PER: Final[dict[str, int]] = {
+    "weeks": 604800,
+    "days": 86400,
+    "hours": 3600,
+    "minutes": 60,
+    "seconds": 1,
+}
+CRON_FIELDS: Final = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+COMMON_TRIGGER_FIELDS: Final = ("start_date", "end_date", "timezone", "jitter")
+TRIGGER_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "interval": (*INTERVAL_UNITS, *COMMON_TRIGGER_FIELDS),
+    "cron": (*CRON_FIELDS, *COMMON_TRIGGER_FIELDS),
+    "date": ("run_date", "timezone"),
+}
+
+# -- limits --------------------------------------------------------------------------
+
+MAX_ID_LENGTH: Final = 191  # the jobs table's id column
+MAX_ERROR_MESSAGE: Final = 2000  # characters of an error message kept in run history
+MAX_NOTE_LENGTH: Final = 500
