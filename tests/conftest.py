@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -201,7 +202,7 @@ class Server:
 
 
 def start_server(
-    env: dict[str, str], app: str = "asyncapp.asgi:app", port: int | None = None
+    env: dict[str, str], app: str = "asyncapp.asgi:app", port: int | None = None, workers: int = 0
 ) -> Server:
     port = port or free_port()
     full_env = {
@@ -220,6 +221,8 @@ def start_server(
             app,
             "--bind",
             f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
         ],
         cwd=REPO,
         env=full_env,
@@ -250,13 +253,15 @@ def hypercorn_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """
     servers: list[Server] = []
 
-    def start(app: str = "asyncapp.asgi:app", wait: bool = True, **env: str) -> Server:
+    def start(
+        app: str = "asyncapp.asgi:app", wait: bool = True, workers: int = 0, **env: str
+    ) -> Server:
         defaults = {
             "ASYNCAPP_DATABASE_URL": f"sqlite:///{tmp_path / 'server.db'}",
             "ASYNCAPP_JOB_MODULES": "tests.jobs",
             "ASYNCAPP_API_TOKEN": TOKEN,
         }
-        server = start_server({**defaults, **env}, app=app)
+        server = start_server({**defaults, **env}, app=app, workers=workers)
         servers.append(server)
         if wait:
             server.wait_for("Running on http://")
@@ -289,3 +294,87 @@ def pg_url() -> Iterator[str]:
     finally:
         admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         admin.close()
+
+
+@dataclass
+class Cluster:
+    """A throwaway PostgreSQL server of this test's own, that the test may stop and start."""
+
+    bindir: Path
+    data: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("-o", options, "-l", str(self.data / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        """Stop at once, as a crash or a network cut would look to clients."""
+        self._ctl("-m", "immediate", "-w", "stop")
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server started for this test only, on a free port (needs root)."""
+    import glob
+    import shutil
+    import tempfile
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found or os.geteuid() != 0 or shutil.which("runuser") is None:
+        need("a throwaway PostgreSQL server", "needs root, runuser and PostgreSQL's initdb")
+    bindir = Path(found[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="asyncapp-pg-"))
+    shutil.chown(data, "postgres", "postgres")
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(bindir / "initdb"), "-D", str(data),
+         "-A", "trust", "-U", "postgres", "--no-sync"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    cluster = Cluster(bindir, data, free_port())
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
+    """Poll ``check`` until it returns something truthy; for state in other processes.
+
+    Another process's database rows and files have no event to await, so this
+    polls them every 50 ms; it fails with ``what`` when ``timeout`` passes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(0.05)
