@@ -140,3 +140,17 @@ async def nap(tag: str, seconds: float) -> None:
     gates[tag].started.set()
     await asyncio.sleep(seconds)
     _record(tag)
+
+
+POISONS = {
+    "surrogate": "lone \ud800 surrogate",
+    "nul": "a NUL \x00 byte",
+    "huge": "x" * 1_000_000,
+}
+
+
+@task
+async def poison(kind: str) -> None:
+    """Raise an error whose message no database takes as is (see ``POISONS``)."""
+    _record(f"poison:{kind}")
+    raise ValueError(POISONS[kind])

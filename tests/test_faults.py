@@ -1,0 +1,174 @@
+"""Faults: the database goes away (a PostgreSQL server stopped, an immutable SQLite
+file), and values no database accepts as they are.
+
+While the database refuses writes, every change answers 503 with Retry-After and
+is applied nowhere; firing stops and resumes by itself; and the scheduled times
+of the outage are accounted for once it is back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from flask import Flask
+
+from tests import jobs
+from tests.conftest import AUTH, Cluster, Server, serve, wait_until
+from tests.test_cluster import (
+    FAST,
+    add,
+    assert_each_time_once,
+    expected_times,
+    marks,
+    runs,
+    tick_job,
+    whole_second,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def ready(server: Server) -> int:
+    return httpx.get(f"{server.url}/readyz", timeout=10).status_code
+
+
+def refused_while_down(server: Server) -> None:
+    """Every change answers 503 with Retry-After and a JSON reason."""
+    client = httpx.Client(base_url=server.url, headers=AUTH, timeout=15)
+    with client:
+        for method, path, body in (
+            (
+                "POST",
+                "/scheduler/jobs",
+                {"id": "ghost", "func": "tests.jobs:record", "args": ["g"]},
+            ),
+            ("POST", "/scheduler/jobs/tick/pause", {"note": "never applied"}),
+            ("PATCH", "/scheduler/jobs/tick", {"name": "renamed"}),
+            ("POST", "/scheduler/pause", None),
+        ):
+            response = client.request(method, path, json=body)
+            assert response.status_code == 503, (path, response.text)
+            assert int(response.headers["Retry-After"]) > 0
+            assert "database is unavailable" in response.json()["error_message"]
+            assert "Traceback" not in response.text and "OperationalError" not in response.text
+
+
+def check_recovery(server: Server, url: str, path: Path, start: datetime, up_at: datetime) -> None:
+    """Nothing refused was applied, firing resumed, every time of the outage is recorded."""
+    wait_until(lambda: ready(server) == 200, timeout=30, what="readiness after the outage")
+    wait_until(
+        lambda: len([m for m in marks(path) if datetime.fromisoformat(m[0]) > up_at]) >= 2,
+        timeout=30,
+        what="firing after the outage",
+    )
+    job = httpx.get(f"{server.url}/scheduler/jobs/tick", headers=AUTH, timeout=10).json()
+    assert job["paused"] is False and job["name"] == "tick" and job["note"] is None
+    listed = httpx.get(f"{server.url}/scheduler/jobs", headers=AUTH, timeout=10).json()
+    assert [j["id"] for j in listed] == ["tick"]
+    info = httpx.get(f"{server.url}/scheduler", headers=AUTH, timeout=10).json()
+    assert info["state"] == "running"
+    httpx.delete(f"{server.url}/scheduler/jobs/tick", headers=AUTH, timeout=10)
+    found = runs(url, "tick")
+    last = max(r.scheduled_for.replace(tzinfo=UTC) if r.scheduled_for.tzinfo is None
+               else r.scheduled_for for r in found)  # fmt: skip
+    times = [t for t in expected_times(start, 200) if t <= last]
+    assert_each_time_once(url, "tick", times, path)
+    missed = [r for r in found if r.status == "missed"]
+    assert missed, "the outage left no missed record"
+    assert {r.reason for r in missed} <= {"coalesced", "database_unavailable", "late"}
+    assert server.process.poll() is None, "the server exited"
+
+
+@pytest.mark.postgres
+def test_postgres_outage_refuses_changes_and_catches_up(
+    hypercorn_server: Callable[..., Server], pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    path = tmp_path / "marks"
+    server = hypercorn_server(ASYNCAPP_DATABASE_URL=pg_cluster.url, **FAST)
+    start = whole_second(0.5)
+    add(server, tick_job("tick", path, start, None))
+    wait_until(lambda: len(marks(path)) >= 2, what="two starts")
+
+    pg_cluster.stop()
+    wait_until(lambda: ready(server) == 503, what="readiness to fail")
+    refused_while_down(server)
+    response = httpx.get(f"{server.url}/scheduler/jobs", headers=AUTH, timeout=15)
+    assert response.status_code == 503
+    before = len(marks(path))
+    time.sleep(3)  # an outage spanning several scheduled times
+    assert len(marks(path)) == before, "a run started while no claim could be written"
+    pg_cluster.start()
+    up_at = datetime.now(UTC)
+    check_recovery(server, pg_cluster.url, path, start, up_at)
+    assert server.stop() == 0
+
+
+def test_immutable_sqlite_file_refuses_changes_and_catches_up(
+    hypercorn_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    database = tmp_path / "frozen.db"
+    url = f"sqlite:///{database}"
+    path = tmp_path / "marks"
+    server = hypercorn_server(ASYNCAPP_DATABASE_URL=url, **FAST)
+    start = whole_second(0.5)
+    add(server, tick_job("tick", path, start, None))
+    wait_until(lambda: len(marks(path)) >= 2, what="two starts")
+
+    files = [str(database), f"{database}-wal"]
+    subprocess.run(["chattr", "+i", *files], check=True)
+    try:
+        wait_until(lambda: ready(server) == 503, what="readiness to fail")
+        refused_while_down(server)
+        before = len(marks(path))
+        time.sleep(3)
+        assert len(marks(path)) == before, "a run started while no claim could be written"
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=True)
+    up_at = datetime.now(UTC)
+    check_recovery(server, url, path, start, up_at)
+    assert server.stop() == 0
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, db_url: str) -> str:
+    if request.param == "sqlite":
+        return db_url
+    return str(request.getfixturevalue("pg_url"))
+
+
+async def test_poison_values_in_errors_cannot_stop_writes(
+    url: str, make_app: Callable[..., Flask]
+) -> None:
+    jobs.reset()
+    app = make_app(database_url=url)
+    async with serve(app) as client:
+        runtime = app.extensions["asyncapp"].runtime
+        for kind in jobs.POISONS:
+            body = {"id": kind, "func": "tests.jobs:poison", "args": [kind]}
+            response = await client.post("/scheduler/jobs", json=body, headers=AUTH)
+            assert response.status_code == 200, response.text
+            await jobs.wait_fired(f"poison:{kind}")
+        await runtime.dispatcher.drain(10)
+        assert await runtime.recorder.flush(10)
+        page = (await client.get("/scheduler/runs", headers=AUTH)).json()
+        after = await client.post(
+            "/scheduler/jobs",
+            json={"id": "after", "func": "tests.jobs:record", "args": ["after"]},
+            headers=AUTH,
+        )
+        assert after.status_code == 200, after.text
+        await jobs.wait_fired("after")
+        assert (await client.get("/readyz")).status_code == 200
+
+    by_job: dict[str, Any] = {run["job_id"]: run for run in page["runs"]}
+    assert {k: by_job[k]["status"] for k in jobs.POISONS} == dict.fromkeys(jobs.POISONS, "error")
+    assert by_job["surrogate"]["error_message"] == "lone \\ud800 surrogate"
+    assert by_job["nul"]["error_message"] == "a NUL \\x00 byte"
+    assert len(by_job["huge"]["error_message"]) == 2000
