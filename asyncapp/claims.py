@@ -163,19 +163,23 @@ def claim(
             first = max(due.folded[0], accounted + EPSILON)
             record(_missed(due, first, now, node, reasons.late(first), due.folded[1]), outcome)
         times = [t for t in due.times if t >= accounted]
+        # The times claimed together run one after another in one instance (as
+        # APScheduler runs the times of one submission), so they count once.
+        free = running.get(due.job_id, 0) < row.max_instances
         for index, scheduled_for in enumerate(times):
             late = (now - scheduled_for).total_seconds()
             if due.coalesce and index < len(times) - 1:
                 reason = COALESCED
             elif due.misfire_grace_time is not None and late > due.misfire_grace_time:
                 reason = reasons.late(scheduled_for)
-            elif running.get(due.job_id, 0) >= row.max_instances:
+            elif not free:
                 reason = OVERLAP
             else:
-                running[due.job_id] = running.get(due.job_id, 0) + 1
                 record(_run(due, scheduled_for, now, node, process_id), outcome)
                 continue
             record(_missed(due, scheduled_for, now, node, reason), outcome)
+        if outcome.won:
+            running[due.job_id] = running.get(due.job_id, 0) + 1
         if due.next_run_time is None:
             finished.append({"_id": due.job_id, "_version": due.version})
         elif due.next_run_time.timestamp() > row.next_run_time:

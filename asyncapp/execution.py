@@ -200,7 +200,7 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._claimer: asyncio.Task[None] | None = None
         self._closing = False
-        self._runs: dict[str, asyncio.Task[Run]] = {}
+        self._runs: dict[str, asyncio.Task[None]] = {}
 
     @property
     def running(self) -> int:
@@ -300,8 +300,8 @@ class Dispatcher:
             self.hooks.halted(halted)
 
     def _settle(self, submission: Submission, outcome: Outcome) -> None:
-        for run in outcome.won:
-            self.start_run(run, submission.job, submission.func)
+        if outcome.won:
+            self.start_runs(outcome.won, submission.job, submission.func)
         for run in outcome.missed:
             log.warning(
                 "job %s missed %s (run %s): %s",
@@ -326,13 +326,23 @@ class Dispatcher:
                 error = exc if isinstance(exc, DatabaseUnavailable) else DatabaseUnavailable()
                 submission.answer.set_exception(error)
 
-    def start_run(self, run: Run, job: JobDef, func: Callable[..., Any]) -> None:
-        """Start a task running ``run`` (claimed by this process)."""
+    def start_runs(self, runs: list[Run], job: JobDef, func: Callable[..., Any]) -> None:
+        """Start one task running ``runs`` of ``job`` (claimed by this process) in order."""
         task = self._loop.create_task(
-            self.runner.run(run, job, func), name=f"asyncapp-run-{job.id}"
+            self._run_in_order(runs, job, func), name=f"asyncapp-run-{job.id}"
         )
-        self._runs[run.id] = task
-        task.add_done_callback(lambda _: self._runs.pop(run.id, None))
+        key = runs[0].id
+        self._runs[key] = task
+        task.add_done_callback(lambda _: self._runs.pop(key, None))
+
+    async def _run_in_order(self, runs: list[Run], job: JobDef, func: Callable[..., Any]) -> None:
+        for index, run in enumerate(runs):
+            try:
+                await self.runner.run(run, job, func)
+            except asyncio.CancelledError:
+                for left in runs[index + 1 :]:  # claimed, never started
+                    self.runner.recorder.finish(left.finish(INTERRUPTED))
+                raise
 
     async def drain(self, grace: float) -> int:
         """Wait up to ``grace`` seconds for running jobs, then cancel the rest.

@@ -406,7 +406,7 @@ class Runtime(Hooks):
     def _rerun(self, reruns: list[tuple[Run, JobDef]]) -> None:
         for run, job in reruns:
             log.warning("job %s run %s: re-running it as attempt %d", job.id, run.id, run.attempt)
-            self.dispatcher.start_run(run, job, self.tasks.resolve(job.func).func)
+            self.dispatcher.start_runs([run], job, self.tasks.resolve(job.func).func)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

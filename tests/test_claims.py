@@ -1,0 +1,303 @@
+"""The claim transaction on SQLite and PostgreSQL: who wins a scheduled time, what is
+recorded instead of a run and why, and what happens to the runs of a dead process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from asyncapp.claims import Due, Outcome, Reasons, claim, reap
+from asyncapp.constants import (
+    COALESCED,
+    INTERRUPTED,
+    LATE,
+    MISSED,
+    NO_SCHEDULER,
+    OVERLAP,
+    RUNNING,
+    SCHEDULER_PAUSED_STATE,
+)
+from asyncapp.db import Database, as_utc
+from asyncapp.jobs import JobDef
+from asyncapp.schema import attempts_table, processes_table, runs_table
+from asyncapp.store import JobStore
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+SPEC = {"type": "interval", "seconds": 1, "start_date": "2026-01-01T00:00:00+00:00"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, db_url: str) -> str:
+    if request.param == "sqlite":
+        return db_url
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def db(url: str) -> AsyncIterator[Database]:
+    database = Database(url)
+    await database.open()
+    yield database
+    await database.close()
+
+
+async def add_job(db: Database, job_id: str = "j", **fields: Any) -> JobDef:
+    job = JobDef(
+        id=job_id,
+        func="tests.jobs:record",
+        trigger=dict(SPEC),
+        args=["x"],
+        version=1,
+        next_run_time=fields.pop("next_run_time", NOW - timedelta(seconds=10)),
+        **fields,
+    )
+    await db.write(lambda conn: JobStore(db).insert(conn, job, 0.0))
+    return job
+
+
+def due(job: JobDef, *times: datetime, **options: Any) -> Due:
+    options.setdefault("misfire_grace_time", 60)
+    return Due(job.id, job.version, list(times), times[-1] + timedelta(seconds=1), **options)
+
+
+async def run_claim(
+    db: Database, batch: list[Due], process: str = "p1", started: datetime | None = None
+) -> list[Outcome]:
+    reasons = Reasons(started_at=started or NOW - timedelta(hours=1))
+    return await db.write(
+        lambda conn: claim(
+            db, conn, batch, node=f"node-{process}", process_id=process, reasons=reasons
+        )
+    )
+
+
+async def ledger(db: Database) -> list[Any]:
+    return await db.read(
+        lambda conn: list(conn.execute(select(runs_table).order_by(runs_table.c.scheduled_for)))
+    )
+
+
+async def test_one_process_wins_a_time_the_other_gets_nothing(url: str, db: Database) -> None:
+    job = await add_job(db)
+    other = Database(url)
+    await other.open()
+    try:
+        first, second = await asyncio.gather(
+            run_claim(db, [due(job, NOW)], "p1"), run_claim(other, [due(job, NOW)], "p2")
+        )
+    finally:
+        await other.close()
+    won = first[0].won + second[0].won
+    assert len(won) == 1 and won[0].scheduled_for == NOW
+    assert first[0].missed == second[0].missed == []
+    (row,) = await ledger(db)
+    assert (row.status, row.process_id) == (RUNNING, won[0].process_id)
+
+
+async def test_racing_processes_win_every_key_exactly_once(url: str, db: Database) -> None:
+    jobs = [await add_job(db, f"j{i}") for i in range(50)]
+    times = [NOW - timedelta(seconds=5 - k) for k in range(5)]
+    databases = [Database(url) for _ in range(3)]
+    for database in databases:
+        await database.open()
+    won: list[Any] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(databases))
+
+    def race(database: Database, process: str) -> None:
+        reasons = Reasons(started_at=NOW - timedelta(hours=1))
+        barrier.wait()
+        for moment in times:
+            batch = [
+                Due(job.id, job.version, [moment], moment + timedelta(seconds=1),
+                    misfire_grace_time=3600, coalesce=False)
+                for job in jobs
+            ]  # fmt: skip
+            outcomes = database.write_now(
+                lambda conn, b=batch: claim(
+                    database, conn, b, node=process, process_id=process, reasons=reasons
+                )
+            )
+            with lock:
+                won.extend(run for outcome in outcomes for run in outcome.won + outcome.missed)
+
+    try:
+        threads = [
+            threading.Thread(target=race, args=(database, f"p{i}"))
+            for i, database in enumerate(databases)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        for database in databases:
+            await database.close()
+    keys = [(run.job_id, run.scheduled_for) for run in won]
+    assert len(keys) == len(set(keys)) == 50 * 5
+    assert len(await ledger(db)) == 250
+
+
+async def test_a_stale_version_or_a_paused_job_is_not_claimed(db: Database) -> None:
+    job = await add_job(db)
+    stale = Due(job.id, job.version + 1, [NOW], NOW + timedelta(seconds=1))
+    paused = await add_job(db, "held", next_run_time=None)
+    gone = Due("gone", 1, [NOW], None)
+    outcomes = await run_claim(db, [stale, due(paused, NOW), gone])
+    assert [o.stale for o in outcomes] == [True, True, True]
+    assert await ledger(db) == []
+
+
+async def test_a_paused_scheduler_claims_nothing(db: Database) -> None:
+    job = await add_job(db)
+    await db.write(lambda conn: JobStore(db).set_scheduler_state(conn, SCHEDULER_PAUSED_STATE, 0.0))
+    (outcome,) = await run_claim(db, [due(job, NOW)])
+    assert outcome.halted and not outcome.won
+    assert await ledger(db) == []
+
+
+async def test_coalesce_runs_the_latest_and_records_the_others(db: Database) -> None:
+    job = await add_job(db)
+    times = [NOW - timedelta(seconds=2), NOW - timedelta(seconds=1), NOW]
+    (outcome,) = await run_claim(db, [due(job, *times)])
+    assert [run.scheduled_for for run in outcome.won] == [NOW]
+    assert [(run.scheduled_for, run.reason) for run in outcome.missed] == [
+        (times[0], COALESCED),
+        (times[1], COALESCED),
+    ]
+    assert [(row.status, row.reason) for row in await ledger(db)] == [
+        (MISSED, COALESCED),
+        (MISSED, COALESCED),
+        (RUNNING, None),
+    ]
+
+
+async def test_without_coalesce_every_time_runs_as_one_instance(db: Database) -> None:
+    job = await add_job(db)
+    times = [NOW - timedelta(seconds=1), NOW]
+    (outcome,) = await run_claim(db, [due(job, *times, coalesce=False)])
+    assert [run.scheduled_for for run in outcome.won] == times
+    # A second batch of the same job meets max_instances = 1.
+    later = NOW + timedelta(seconds=1)
+    (second,) = await run_claim(db, [Due(job.id, 1, [later], None, coalesce=False)])
+    assert [(run.scheduled_for, run.reason) for run in second.missed] == [(later, OVERLAP)]
+
+
+async def test_times_past_the_grace_are_missed_with_the_reason(db: Database) -> None:
+    job = await add_job(db, next_run_time=NOW - timedelta(hours=2))
+    before_start = NOW - timedelta(hours=2)
+    after_start = NOW - timedelta(minutes=30)
+    batch = [due(job, before_start, after_start, coalesce=False)]
+    (outcome,) = await run_claim(db, batch, started=NOW - timedelta(hours=1))
+    assert outcome.won == []
+    assert [run.reason for run in outcome.missed] == [NO_SCHEDULER, LATE]
+    assert all(run.error_message for run in outcome.missed)
+
+
+async def test_a_run_in_progress_elsewhere_makes_the_next_an_overlap(db: Database) -> None:
+    job = await add_job(db)
+    (first,) = await run_claim(db, [due(job, NOW - timedelta(seconds=1))], "p1")
+    assert first.won
+    (second,) = await run_claim(db, [due(job, NOW)], "p2")
+    assert second.won == []
+    assert [run.reason for run in second.missed] == [OVERLAP]
+
+
+async def test_run_now_is_refused_at_max_instances(db: Database) -> None:
+    job = await add_job(db, next_run_time=None)  # paused jobs may still be run by hand
+    manual = Due(job.id, job.version, [NOW], None, manual=True)
+    (ok,) = await run_claim(db, [manual])
+    assert ok.won and not ok.busy
+    again = Due(job.id, job.version, [NOW + timedelta(milliseconds=5)], None, manual=True)
+    (busy,) = await run_claim(db, [again])
+    assert busy.busy and not busy.won
+
+
+async def test_claims_advance_the_stored_next_run_and_finish_one_shot_jobs(
+    db: Database,
+) -> None:
+    job = await add_job(db)
+    one_shot = await add_job(db, "once")
+    nxt = NOW + timedelta(seconds=1)
+    await run_claim(db, [Due(job.id, 1, [NOW], nxt), Due(one_shot.id, 1, [NOW], None)])
+    stored = await db.read(lambda conn: JobStore(db).some(conn, ["j", "once"]))
+    assert stored["j"].next_run_time == nxt
+    assert "once" not in stored
+    # A stale process's claim never moves it back.
+    (late,) = await run_claim(db, [Due(job.id, 1, [NOW], NOW + timedelta(milliseconds=500))])
+    assert late.won == late.missed == []
+    stored = await db.read(lambda conn: JobStore(db).some(conn, ["j"]))
+    assert stored["j"].next_run_time == nxt
+
+
+async def test_a_folded_range_is_one_missed_record(db: Database) -> None:
+    job = await add_job(db, next_run_time=NOW - timedelta(days=1))
+    folded = (NOW - timedelta(days=1), NOW - timedelta(seconds=60))
+    batch = [Due(job.id, 1, [NOW], None, misfire_grace_time=60, folded=folded)]
+    (outcome,) = await run_claim(db, batch, started=NOW - timedelta(seconds=5))
+    (record,) = outcome.missed
+    assert (record.scheduled_for, record.missed_until) == folded
+    assert record.reason == NO_SCHEDULER
+    rows = await ledger(db)
+    assert as_utc(rows[0].missed_until) == folded[1]
+
+
+async def test_runs_of_a_dead_process_are_interrupted_or_rerun(db: Database) -> None:
+    plain = await add_job(db, "plain")
+    again = await add_job(db, "again", rerun_interrupted=True)
+    await run_claim(db, [due(plain, NOW), due(again, NOW)], "dead")
+    # The dead process never registered (or its row was removed): its runs are orphans.
+    reruns = await db.write(
+        lambda conn: reap(conn, node="live", process_id="p2", can_run=lambda job: True)
+    )
+    assert [(run.job_id, run.attempt, run.process_id) for run, _ in reruns] == [("again", 2, "p2")]
+    rows = {row.job_id: row for row in await ledger(db)}
+    assert (
+        rows["plain"].status == INTERRUPTED and "stopped responding" in rows["plain"].error_message
+    )
+    assert (rows["again"].status, rows["again"].attempt) == (RUNNING, 2)
+    earlier = await db.read(lambda conn: list(conn.execute(select(attempts_table))))
+    assert [(a.run_id, a.attempt, a.status) for a in earlier] == [
+        (rows["again"].id, 1, INTERRUPTED)
+    ]
+
+
+async def test_runs_of_a_live_process_are_left_alone(db: Database) -> None:
+    job = await add_job(db)
+    await db.write(
+        lambda conn: conn.execute(
+            processes_table.insert().values(
+                id="p1", node="n", host="h", pid=1, role="server", started_at=0.0,
+                heartbeat_at=0.0, version="0", info="{}",
+            )
+        )
+    )  # fmt: skip
+    await run_claim(db, [due(job, NOW)], "p1")
+    assert await db.write(lambda conn: reap(conn, node="n", process_id="p2", can_run=bool)) == []
+    assert [row.status for row in await ledger(db)] == [RUNNING]
+
+
+def test_keys_of_a_chain_and_of_a_fresh_load_agree() -> None:
+    """Two processes compute bit-identical times however they reached them."""
+    from asyncapp.triggers import build_trigger, canonical_time, fire_time_after
+
+    trigger = build_trigger(
+        {"type": "interval", "seconds": 0.3, "start_date": "2026-01-01T00:00:00.123457+00:00"},
+        UTC,
+        jitter=False,
+    )
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    chain = [fire_time_after(trigger, None, now - timedelta(hours=1))]
+    for _ in range(10_000):
+        chain.append(fire_time_after(trigger, chain[-1], now))
+    for moment in chain[::997]:
+        assert moment is not None
+        reloaded = datetime.fromtimestamp(moment.timestamp(), UTC)  # the float column
+        assert canonical_time(trigger, reloaded) == moment
+        assert fire_time_after(trigger, None, moment - timedelta(milliseconds=1)) == moment
