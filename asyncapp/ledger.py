@@ -114,6 +114,8 @@ class Recorder:
         self.process_id = process_id
         self._pending: list[Run] = []
         self._writing: list[Run] = []
+        #: True while the last attempt to write results failed.
+        self.failing = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -169,6 +171,7 @@ class Recorder:
             try:
                 await self.db.write(functools.partial(self._write, batch=self._writing))
             except DatabaseUnavailable:
+                self.failing = True
                 self._pending[:0] = self._writing
                 self._writing = []
                 delay = self.RETRY_SECONDS[min(failures, len(self.RETRY_SECONDS) - 1)]
@@ -179,6 +182,7 @@ class Recorder:
             except Exception:
                 log.exception("writing %d run results failed; they are dropped", len(self._writing))
             failures = 0
+            self.failing = False
             self._writing = []
             if self._pending:
                 self._wake.set()

@@ -283,6 +283,8 @@ class Runtime(Hooks):
                 found.append("following changes from the database is failing")
         if self.membership.failing:
             found.append("the heartbeat is failing")
+        if self.recorder.failing:
+            found.append(f"{self.recorder.pending} run results are waiting to be written")
         return found
 
     async def ping(self) -> None:

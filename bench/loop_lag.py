@@ -1,7 +1,7 @@
 """Event-loop lag while a few hundred jobs fire per second, persistence on.
 
-Compares asyncapp's store (memory for the scheduler, write-behind to SQLite from
-one database thread) with APScheduler's own ``SQLAlchemyJobStore`` on the same
+Compares asyncapp (every run claimed in SQLite and recorded, from its database
+threads) with APScheduler's own ``SQLAlchemyJobStore`` on the same
 SQLite file kind, each on an ``AsyncIOScheduler`` in a fresh process of its own
 (so neither inherits the other's heap or garbage-collector state).  Lag is how
 late a 10 ms ``asyncio.sleep`` wakes up, sampled continuously.
@@ -28,6 +28,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 import asyncapp
 from asyncapp.runtime import Runtime
 from asyncapp.settings import load_settings
+from asyncapp.store import Actor
+from asyncapp.tasks import reference
 
 counter = {"runs": 0}
 
@@ -50,7 +52,7 @@ async def measure(add_jobs, seconds: float) -> tuple[list[float], int]:
     counter["runs"] = 0
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_lag(stop))
-    add_jobs()
+    await add_jobs()
     await asyncio.sleep(seconds)
     stop.set()
     return await sampler, counter["runs"]
@@ -72,9 +74,12 @@ async def run_asyncapp(directory: Path, jobs: int, seconds: float) -> tuple[list
     await runtime.start()
     try:
 
-        def add() -> None:
+        async def add() -> None:
+            actor = Actor("api", "bench")
             for i, start in enumerate(staggered(jobs)):
-                runtime.scheduler.add_job(noop, "interval", seconds=1, start_date=start, id=f"j{i}")
+                trigger = {"type": "interval", "seconds": 1, "start_date": start.isoformat()}
+                spec = {"id": f"j{i}", "func": reference(noop), "trigger": trigger}
+                await runtime.service.add_job(spec, actor)
 
         return await measure(add, seconds)
     finally:
@@ -87,7 +92,7 @@ async def run_apscheduler(directory: Path, jobs: int, seconds: float) -> tuple[l
     scheduler.start()
     try:
 
-        def add() -> None:
+        async def add() -> None:
             for i, start in enumerate(staggered(jobs)):
                 scheduler.add_job(
                     noop,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,3 +190,24 @@ def test_changes_are_seen_by_the_app_database(
     other = make_app().test_cli_runner()
     listed = json.loads(other.invoke(args=["jobs", "list", "--json"]).output)
     assert [j["id"] for j in listed] == ["shared"]
+
+
+def test_reading_commands_never_write(
+    cli: Callable[..., Result], db_url: str, tmp_path: Path
+) -> None:
+    """With the database file immutable, reads work and a change is refused cleanly."""
+    ok(cli("add", "tests.jobs:record", "--id", "r", "--trigger", "interval", "--set", "hours=1",
+           "--arg", "\"r\""))  # fmt: skip
+    database = Path(db_url.removeprefix("sqlite:///"))
+    files = [str(p) for p in (database, Path(f"{database}-wal")) if p.exists()]
+    subprocess.run(["chattr", "+i", *files], check=True)
+    try:
+        assert [j["id"] for j in as_json(cli("list", "--json"))] == ["r"]
+        assert as_json(cli("show", "r", "--json"))["id"] == "r"
+        assert as_json(cli("runs", "--json"))["total"] == 0
+        assert as_json(cli("changes", "r", "--json"))["total"] == 1
+        refused = cli("pause", "r")
+        assert refused.exit_code == 1 and "database is unavailable" in refused.output
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=True)
+    assert as_json(cli("show", "r", "--json"))["paused"] is False

@@ -363,3 +363,35 @@ def test_cli_pause_modify_and_remove_are_honoured_by_a_firing_server(
         count = len(marks(path))
         add_tick(f"again{trial}")
         wait_until(more_marks(count), what="a start after adding it again")
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_a_change_reaches_every_process_within_a_second(
+    hypercorn_server: Callable[..., Server],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    database: str,
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'feed.db'}"
+        if database == "sqlite"
+        else str(request.getfixturevalue("pg_url"))
+    )
+    writer, reader = (hypercorn_server(ASYNCAPP_DATABASE_URL=url) for _ in range(2))
+
+    def cached_by_reader() -> int:
+        response = httpx.get(f"{reader.url}/scheduler", headers=AUTH, timeout=10)
+        return int(response.json()["process"]["jobs"])
+
+    delays = []
+    for i in range(5):
+        body = {"id": f"j{i}", "func": "tests.jobs:record", "args": ["x"], "trigger": "interval",
+                "hours": 1}  # fmt: skip
+        committed = time.monotonic()
+        add(writer, body)
+        wait_until(lambda n=i + 1: cached_by_reader() == n, timeout=5, what="the change")
+        delays.append(time.monotonic() - committed)
+    print(f"change propagation on {database}: max {max(delays):.3f} s of {len(delays)}")
+    assert max(delays) < 1.0, delays

@@ -18,6 +18,7 @@ from flask import jsonify, request
 
 from asyncapp import create_app, http_client
 from asyncapp.asgi import to_asgi
+from asyncapp.store import Actor
 from bench.stacks.lag import LagProbe
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:1")
@@ -36,7 +37,8 @@ def _iso(epoch: float) -> str:
 async def _add_all(specs: list[dict[str, Any]]) -> Any:
     """Add jobs through the job service, all at once; the response says how many."""
     service = flask_app.extensions["asyncapp"].service()
-    await asyncio.gather(*(service.add_job(spec) for spec in specs))
+    actor = Actor("api", "bench")
+    await asyncio.gather(*(service.add_job(spec, actor) for spec in specs))
     return jsonify(scheduled=len(specs))
 
 
