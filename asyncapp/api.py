@@ -24,7 +24,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, cast
 
@@ -85,84 +84,6 @@ log = logging.getLogger("asyncapp.api")
 BLUEPRINT = "scheduler"  # endpoints are scheduler.<name>, as in Flask-APScheduler
 MAX_PATH_ID = 1024
 
-OPERATIONS: list[Operation] = [
-    Operation("GET", "", "get_scheduler_info", "Scheduler state", response=SchedulerInfo),
-    Operation("POST", "/pause", "pause_scheduler", "Pause all job processing", status=204),
-    Operation("POST", "/resume", "resume_scheduler", "Resume job processing", status=204),
-    Operation("POST", "/start", "start_scheduler", "Start the scheduler", status=204),
-    Operation(
-        "POST",
-        "/shutdown",
-        "shutdown_scheduler",
-        "Stop the scheduler",
-        status=204,
-        body=ShutdownRequest,
-    ),
-    Operation("GET", "/jobs", "get_jobs", "List jobs", response=Job, many=True),
-    Operation(
-        "POST",
-        "/jobs",
-        "add_job",
-        "Add a job",
-        response=Job,
-        body=JobCreate,
-        body_required=True,
-        errors=(409,),
-    ),
-    Operation("GET", "/jobs/<job_id>", "get_job", "Get a job", response=Job, errors=(404,)),
-    Operation(
-        "PATCH",
-        "/jobs/<job_id>",
-        "update_job",
-        "Change a job",
-        response=Job,
-        body=JobUpdate,
-        body_required=True,
-        errors=(404,),
-    ),
-    Operation("DELETE", "/jobs/<job_id>", "delete_job", "Remove a job", status=204, errors=(404,)),
-    Operation(
-        "POST",
-        "/jobs/<job_id>/pause",
-        "pause_job",
-        "Pause a job, optionally with a note saying why",
-        response=Job,
-        body=PauseRequest,
-        errors=(422,),
-    ),
-    Operation(
-        "POST", "/jobs/<job_id>/resume", "resume_job", "Resume a job", response=Job, errors=(422,)
-    ),
-    Operation(
-        "POST",
-        "/jobs/<job_id>/run",
-        "run_job",
-        "Fire a job now; the answer carries the run",
-        response=Job,
-        errors=(409, 422),
-    ),
-    Operation(
-        "GET",
-        "/jobs/<job_id>/runs",
-        "get_job_runs",
-        "Run history of a job",
-        response=RunPage,
-        query=RunQuery,
-    ),
-    Operation(
-        "GET", "/runs", "get_runs", "Run history of all jobs", response=RunPage, query=RunQuery
-    ),
-    Operation(
-        "GET",
-        "/jobs/<job_id>/changes",
-        "get_job_changes",
-        "Change history of a job: who changed what, when, from where",
-        response=ChangePage,
-        query=PageQuery,
-    ),
-    Operation("GET", "/openapi.json", "openapi", "This OpenAPI document", prefixed=False),
-]
-
 
 def init_api(app: Flask, ext: AsyncApp) -> None:
     """Register the management API on ``app`` under ``ext.settings.api_prefix``.
@@ -174,7 +95,7 @@ def init_api(app: Flask, ext: AsyncApp) -> None:
     prefix = ext.settings.api_prefix
     bp = Blueprint(BLUEPRINT, __name__)
     for op in OPERATIONS:
-        bp.add_url_rule(op.url(prefix), op.name, VIEWS[op.name], methods=[op.method])
+        bp.add_url_rule(op.url(prefix), op.name, op.view, methods=[op.method])
     bp.before_request(_guard)
     bp.register_error_handler(HTTPException, _http_error)
     bp.register_error_handler(Exception, _unexpected_error)
@@ -368,9 +289,137 @@ def _version() -> str:
         return "0"
 
 
-VIEWS: dict[str, Callable[..., Awaitable[Response]]] = {
-    op.name: globals()[op.name] for op in OPERATIONS
-}
+OPERATIONS: list[Operation] = [
+    Operation(
+        "GET",
+        "",
+        "get_scheduler_info",
+        "Scheduler state",
+        response=SchedulerInfo,
+        view=get_scheduler_info,
+    ),
+    Operation(
+        "POST",
+        "/pause",
+        "pause_scheduler",
+        "Pause all job processing",
+        status=204,
+        view=pause_scheduler,
+    ),
+    Operation(
+        "POST",
+        "/resume",
+        "resume_scheduler",
+        "Resume job processing",
+        status=204,
+        view=resume_scheduler,
+    ),
+    Operation(
+        "POST", "/start", "start_scheduler", "Start the scheduler", status=204, view=start_scheduler
+    ),
+    Operation(
+        "POST",
+        "/shutdown",
+        "shutdown_scheduler",
+        "Stop the scheduler",
+        status=204,
+        body=ShutdownRequest,
+        view=shutdown_scheduler,
+    ),
+    Operation("GET", "/jobs", "get_jobs", "List jobs", response=Job, many=True, view=get_jobs),
+    Operation(
+        "POST",
+        "/jobs",
+        "add_job",
+        "Add a job",
+        response=Job,
+        body=JobCreate,
+        body_required=True,
+        errors=(409,),
+        view=add_job,
+    ),
+    Operation(
+        "GET", "/jobs/<job_id>", "get_job", "Get a job", response=Job, errors=(404,), view=get_job
+    ),
+    Operation(
+        "PATCH",
+        "/jobs/<job_id>",
+        "update_job",
+        "Change a job",
+        response=Job,
+        body=JobUpdate,
+        body_required=True,
+        errors=(404,),
+        view=update_job,
+    ),
+    Operation(
+        "DELETE",
+        "/jobs/<job_id>",
+        "delete_job",
+        "Remove a job",
+        status=204,
+        errors=(404,),
+        view=delete_job,
+    ),
+    Operation(
+        "POST",
+        "/jobs/<job_id>/pause",
+        "pause_job",
+        "Pause a job, optionally with a note saying why",
+        response=Job,
+        body=PauseRequest,
+        errors=(422,),
+        view=pause_job,
+    ),
+    Operation(
+        "POST",
+        "/jobs/<job_id>/resume",
+        "resume_job",
+        "Resume a job",
+        response=Job,
+        errors=(422,),
+        view=resume_job,
+    ),
+    Operation(
+        "POST",
+        "/jobs/<job_id>/run",
+        "run_job",
+        "Fire a job now; the answer carries the run",
+        response=Job,
+        errors=(409, 422),
+        view=run_job,
+    ),
+    Operation(
+        "GET",
+        "/jobs/<job_id>/runs",
+        "get_job_runs",
+        "Run history of a job",
+        response=RunPage,
+        query=RunQuery,
+        view=get_job_runs,
+    ),
+    Operation(
+        "GET",
+        "/runs",
+        "get_runs",
+        "Run history of all jobs",
+        response=RunPage,
+        query=RunQuery,
+        view=get_runs,
+    ),
+    Operation(
+        "GET",
+        "/jobs/<job_id>/changes",
+        "get_job_changes",
+        "Change history of a job: who changed what, when, from where",
+        response=ChangePage,
+        query=PageQuery,
+        view=get_job_changes,
+    ),
+    Operation(
+        "GET", "/openapi.json", "openapi", "This OpenAPI document", prefixed=False, view=openapi
+    ),
+]
 
 # Our exceptions to status codes: the one place where errors become responses.
 STATUS = [

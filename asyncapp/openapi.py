@@ -19,6 +19,7 @@ one source of truth without a dependency.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -193,6 +194,8 @@ class Operation:
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = field(default=())
     prefixed: bool = True
+    #: The Flask view serving it.
+    view: Callable[..., Any] | None = None
 
     def url(self, prefix: str) -> str:
         return (prefix if self.prefixed else "") + self.path
