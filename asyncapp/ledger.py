@@ -19,7 +19,7 @@ import asyncio
 import functools
 import logging
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,7 +76,8 @@ class Run:
         )
 
     def row(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its columns (shallow: ``asdict`` deep-copies every datetime, 40x slower)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: datetimes as ISO 8601."""
@@ -191,21 +192,7 @@ class Recorder:
 
     def _write(self, conn: Connection, batch: list[Run]) -> None:
         ended = conn.execute(
-            update(runs_table)
-            .where(
-                and_(
-                    runs_table.c.id == bindparam("_id"),
-                    runs_table.c.process_id == bindparam("_process"),
-                    runs_table.c.status == RUNNING,
-                )
-            )
-            .values(
-                status=bindparam("status"),
-                started_at=bindparam("started_at"),
-                ended_at=bindparam("ended_at"),
-                error_type=bindparam("error_type"),
-                error_message=bindparam("error_message"),
-            ),
+            END_RUN,
             [
                 {
                     "_id": run.id,
@@ -226,6 +213,26 @@ class Recorder:
                 len(batch) - ended.rowcount,
                 len(batch),
             )
+
+
+#: Ends a run this process claimed, unless another process ended it meanwhile.
+END_RUN = (
+    update(runs_table)
+    .where(
+        and_(
+            runs_table.c.id == bindparam("_id"),
+            runs_table.c.process_id == bindparam("_process"),
+            runs_table.c.status == RUNNING,
+        )
+    )
+    .values(
+        status=bindparam("status"),
+        started_at=bindparam("started_at"),
+        ended_at=bindparam("ended_at"),
+        error_type=bindparam("error_type"),
+        error_message=bindparam("error_message"),
+    )
+)
 
 
 def select_runs(

@@ -266,6 +266,21 @@ class Runtime(Hooks):
             "broken_jobs": len(cache.broken) if cache is not None else 0,
         }
 
+    def health(self) -> dict[str, Any]:
+        """This process and the cluster as last seen, without asking the database."""
+        if not self.started:
+            return {"state": "stopped", "running": False}
+        scheduler = self._parts.get("scheduler")
+        state = scheduler.state_name if scheduler is not None else "none"
+        membership = self.membership
+        return {
+            "state": state,
+            "running": state == SCHEDULER_RUNNING,
+            "database": "unavailable" if self.db.down_since is not None else "ok",
+            "process": self.info(),
+            "processes": [p.to_dict(membership.clock) for p in membership.live],
+        }
+
     def problems(self) -> list[str]:
         """What keeps this process from being ready (the readiness probe's list)."""
         if not self.started:

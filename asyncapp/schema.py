@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from .constants import MAX_ID_LENGTH
@@ -67,6 +68,13 @@ runs_table = Table(
     Index("uq_asyncapp_runs_job_time", "job_id", "scheduled_for", unique=True),
     Index("ix_asyncapp_runs_status", "status"),
     Index("ix_asyncapp_runs_scheduled", "scheduled_for"),
+    # Runs in progress, by job: what every claim counts against max_instances.
+    Index(
+        "ix_asyncapp_runs_running",
+        "job_id",
+        sqlite_where=text("status = 'running'"),
+        postgresql_where=text("status = 'running'"),
+    ),
 )
 
 #: Earlier attempts of a run (retries, re-runs after an interruption).

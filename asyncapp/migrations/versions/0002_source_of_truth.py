@@ -91,6 +91,14 @@ def upgrade() -> None:
         "uq_asyncapp_runs_job_time", "asyncapp_runs", ["job_id", "scheduled_for"], unique=True
     )
     op.create_index("ix_asyncapp_runs_scheduled", "asyncapp_runs", ["scheduled_for"])
+    running = sa.text("status = 'running'")
+    op.create_index(
+        "ix_asyncapp_runs_running",
+        "asyncapp_runs",
+        ["job_id"],
+        sqlite_where=running,
+        postgresql_where=running,
+    )
 
     op.create_table(
         "asyncapp_processes",
@@ -140,6 +148,7 @@ def downgrade() -> None:
     op.drop_table("asyncapp_changes")
     op.drop_table("asyncapp_processes")
     op.drop_table("asyncapp_attempts")
+    op.drop_index("ix_asyncapp_runs_running", table_name="asyncapp_runs")
     op.drop_index("ix_asyncapp_runs_scheduled", table_name="asyncapp_runs")
     op.drop_index("uq_asyncapp_runs_job_time", table_name="asyncapp_runs")
     op.create_index("ix_asyncapp_runs_job_scheduled", "asyncapp_runs", ["job_id", "scheduled_for"])
