@@ -43,6 +43,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from .claims import Due, Outcome, Reasons, claim
 from .constants import ERROR, INTERRUPTED, SUCCESS
 from .db import Database
@@ -266,26 +268,34 @@ class Dispatcher:
 
     async def _claim(self, batch: list[Submission]) -> None:
         dues = [submission.due for submission in batch]
-        try:
-            outcomes = await self.db.write(
-                lambda conn: claim(
-                    self.db,
-                    conn,
-                    dues,
-                    node=self.node,
-                    process_id=self.process_id,
-                    reasons=self.reasons,
-                )
+        recorder = self.runner.recorder
+        ended = recorder.take()
+
+        def transaction(conn: Connection) -> list[Outcome]:
+            recorder.write(conn, ended)
+            return claim(
+                self.db,
+                conn,
+                dues,
+                node=self.node,
+                process_id=self.process_id,
+                reasons=self.reasons,
             )
+
+        try:
+            outcomes = await self.db.write(transaction)
         except DatabaseUnavailable as exc:
+            recorder.untake(ended)
             self._refuse(batch, exc)
             self.hooks.database_down([s for s in batch if s.answer is None])
             return
         except Exception as exc:
+            recorder.untake(ended)
             log.exception("claiming %d due jobs failed", len(batch))
             self._refuse(batch, exc)
             self.hooks.database_down([s for s in batch if s.answer is None])
             return
+        recorder.taken(ended)
         stale: set[str] = set()
         halted: list[Submission] = []
         for submission, outcome in zip(batch, outcomes, strict=True):
