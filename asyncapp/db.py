@@ -142,8 +142,9 @@ class Database:
             engine = create_engine(
                 self.url,
                 pool_pre_ping=True,
-                pool_size=4,
-                max_overflow=4,
+                # One connection per database thread, one for the migration lock.
+                pool_size=2,
+                max_overflow=2,
                 connect_args=connect_args,
             )
         if upgrade:
