@@ -25,8 +25,8 @@ from .errors import (
     SettingsError,
     UnknownFunction,
 )
-from .execution import RunContext, current_run
 from .http import http_client
+from .runner import RunContext, current_run
 from .settings import Settings
 from .tasks import task
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
 
+from . import logs
 from .api import init_api
 from .cli import init_cli
 from .cluster import CLI
@@ -55,7 +56,7 @@ class AsyncApp:
         self.runtime = Runtime(self.settings, run_context=app.app_context)
         app.extensions["asyncapp"] = self
         app.register_blueprint(_health_blueprint())
-        _configure_logging(self.settings.log_level)
+        logs.configure(self.settings.log_level, self.settings.log_format)
         init_api(app, self)
         init_cli(app)
 
@@ -136,12 +137,3 @@ def _health_blueprint() -> Blueprint:
         return jsonify(ready=not problems, problems=problems), status
 
     return health
-
-
-def _configure_logging(level: str) -> None:
-    logger = logging.getLogger("asyncapp")
-    logger.setLevel(level)
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)

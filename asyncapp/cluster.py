@@ -37,11 +37,12 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from .claims import reap
+from .constants import RUNNING
 from .db import Database, storable
 from .errors import DatabaseUnavailable
 from .jobs import JobDef
 from .ledger import Run, new_id
-from .schema import processes_table
+from .schema import processes_table, runs_table
 from .settings import Settings
 from .store import CHANNEL, Change, JobStore
 
@@ -92,6 +93,8 @@ class Membership:
         can_run: Callable[[JobDef], bool] = lambda job: False,
         on_reruns: Callable[[list[tuple[Run, JobDef]]], None] = lambda runs: None,
         on_live: Callable[[list[Process]], None] = lambda live: None,
+        local_runs: Callable[[], list[str]] = list,
+        on_abandoned: Callable[[list[str]], None] = lambda run_ids: None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -103,6 +106,8 @@ class Membership:
         self._can_run = can_run
         self._on_reruns = on_reruns
         self._on_live = on_live
+        self._local_runs = local_runs
+        self._on_abandoned = on_abandoned
         self._task: asyncio.Task[None] | None = None
         self.failing = False
 
@@ -130,8 +135,11 @@ class Membership:
 
     async def beat(self) -> None:
         """One heartbeat: refresh, reap, read the live list (also called by tests)."""
-        reruns = await self.db.write(self._beat)
+        mine = self._local_runs()
+        reruns, ended = await self.db.write(lambda conn: self._beat(conn, mine))
         self._on_live(self.live)
+        if ended:
+            self._on_abandoned(ended)
         if reruns:
             self._on_reruns(reruns)
 
@@ -176,7 +184,9 @@ class Membership:
         self.clock = clock
         self.live = read_live(conn)
 
-    def _beat(self, conn: Connection) -> list[tuple[Run, JobDef]]:
+    def _beat(
+        self, conn: Connection, mine: list[str]
+    ) -> tuple[list[tuple[Run, JobDef]], list[str]]:
         clock = self.db.clock(conn)
         refreshed = conn.execute(
             update(processes_table)
@@ -206,10 +216,23 @@ class Membership:
             log.warning(
                 "process %s stopped heartbeating; its runs in progress are interrupted", node
             )
-        reruns = reap(conn, node=self.settings.node_name, process_id=self.id, can_run=self._can_run)
+        node = self.settings.node_name
+        reruns = reap(conn, self.db, node=node, process_id=self.id, can_run=self._can_run)
         self.clock = clock
         self.live = read_live(conn)
-        return reruns
+        # Runs this process runs that the ledger says ended elsewhere: a newer run
+        # cancelled them, or this process was presumed dead.  They stop here.
+        ended: list[str] = []
+        for start in range(0, len(mine), 500):
+            chunk = mine[start : start + 500]
+            ended.extend(
+                conn.execute(
+                    select(runs_table.c.id).where(
+                        runs_table.c.id.in_(chunk), runs_table.c.status != RUNNING
+                    )
+                ).scalars()
+            )
+        return reruns, ended
 
 
 def read_live(conn: Connection) -> list[Process]:

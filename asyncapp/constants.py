@@ -18,9 +18,17 @@ TIMEOUT: Final = "timeout"
 MISSED: Final = "missed"
 INTERRUPTED: Final = "interrupted"
 
-RunStatus = Literal["running", "success", "error", "timeout", "missed", "interrupted"]
-RUN_STATUSES: Final[tuple[RunStatus, ...]] = (RUNNING, SUCCESS, ERROR, TIMEOUT, MISSED, INTERRUPTED)
-FINAL_STATUSES: Final = frozenset(RUN_STATUSES) - {RUNNING}
+RunStatus = Literal["running", "waiting", "success", "error", "timeout", "missed", "interrupted"]
+RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
+    "running",
+    "waiting",
+    "success",
+    "error",
+    "timeout",
+    "missed",
+    "interrupted",
+)
+FINAL_STATUSES: Final = frozenset(RUN_STATUSES) - {RUNNING, "waiting"}
 
 # Why a scheduled time did not run (``missed`` runs carry one in ``reason``).
 COALESCED: Final = "coalesced"  # a later time of the same job ran instead (coalesce)
@@ -29,9 +37,16 @@ NO_SCHEDULER: Final = "no_scheduler"  # no scheduler process was running at that
 DATABASE_DOWN: Final = "database_unavailable"  # the database could not record a claim
 OVERLAP: Final = "overlap"  # max_instances runs of the job were still in progress
 SCHEDULER_PAUSED: Final = "scheduler_paused"  # the scheduler was paused or stopped
+REMOVED: Final = "removed"  # a waiting run whose job was removed
 
 MissedReason = Literal[
-    "coalesced", "late", "no_scheduler", "database_unavailable", "overlap", "scheduler_paused"
+    "coalesced",
+    "late",
+    "no_scheduler",
+    "database_unavailable",
+    "overlap",
+    "scheduler_paused",
+    "removed",
 ]
 MISSED_REASONS: Final[dict[str, str]] = {
     COALESCED: "coalesced into a later run of the same job",
@@ -40,7 +55,32 @@ MISSED_REASONS: Final[dict[str, str]] = {
     DATABASE_DOWN: "the database was unavailable at its scheduled time",
     OVERLAP: "the previous run was still in progress (max_instances reached)",
     SCHEDULER_PAUSED: "the scheduler was paused or stopped at its scheduled time",
+    REMOVED: "its job was removed while it waited for the run in progress",
 }
+
+#: A run claimed while another of its job runs, under overlap policy buffer_one.
+WAITING: Final = "waiting"
+
+# -- execution options ---------------------------------------------------------------
+
+OverlapPolicy = Literal["skip", "buffer_one", "allow", "cancel_other"]
+SKIP: Final = "skip"  # a run due while one runs is recorded missed (overlap)
+BUFFER_ONE: Final = "buffer_one"  # it starts when the running one ends; at most one waits
+ALLOW: Final = "allow"  # it runs alongside, up to max_instances
+CANCEL_OTHER: Final = "cancel_other"  # the running one is cancelled, then it starts
+OVERLAP_POLICIES: Final[tuple[OverlapPolicy, ...]] = (SKIP, BUFFER_ONE, ALLOW, CANCEL_OTHER)
+
+#: Job options besides the function, trigger and arguments, in API order.
+JOB_OPTIONS: Final = (
+    "name",
+    "misfire_grace_time",
+    "max_instances",
+    "coalesce",
+    "overlap",
+    "timeout",
+    "retries",
+    "rerun_interrupted",
+)
 
 # -- changes -------------------------------------------------------------------------
 
@@ -53,6 +93,7 @@ PAUSE: Final = "pause"
 RESUME: Final = "resume"
 REMOVE: Final = "remove"
 RUN_NOW: Final = "run"
+CANCEL: Final = "cancel"  # a run cancelled by the overlap policy cancel_other
 SCHEDULER: Final = "scheduler"  # a change of the scheduler-wide state
 
 # -- the scheduler -------------------------------------------------------------------

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 import httpx
 
-from .execution import current_run
 from .http import http_client
+from .runner import current_run
 from .tasks import task
 
 

@@ -18,138 +18,42 @@ claimed them by then and the late claims lose, cheaply; if it is dead, the
 others take over after that delay.  The delay affects who runs a time, never
 whether it runs once.
 
-:class:`Runner` runs one claimed run: the job's context (:func:`current_run`
-and, through ``run_context``, Flask's app context), ``async def`` jobs on the
-loop and ``def`` jobs in a thread, and the outcome, ended through the
-:class:`~asyncapp.ledger.Recorder`.  On shutdown :meth:`Dispatcher.drain`
-lets running jobs finish for a grace period, then cancels the rest, recorded
-as interrupted (APScheduler's AsyncIOExecutor cancels at once).
-
-This module does not import Flask; the app context arrives as a callable.
+The dispatcher starts each run it wins through the :class:`~asyncapp.runner.Runner`,
+at most ``ASYNCAPP_MAX_RUNNING`` at once in this process (the others wait
+their turn, which shows as start lateness).  It also carries out what a claim
+decided for the job's overlap policy: a ``buffer_one`` run waits (started by
+whichever process ends the run in progress), a ``cancel_other`` claim cancels
+the runs it ended here before it starts the new one.  Runs the database says
+another process ended are stopped here (:meth:`Dispatcher.abandon`).  On
+shutdown :meth:`Dispatcher.drain` lets running jobs finish for a grace
+period, then cancels the rest, recorded as interrupted (APScheduler's
+AsyncIOExecutor cancels at once).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
-import inspect
 import logging
-import random
 import zlib
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from . import metrics
 from .claims import Due, Outcome, Reasons, claim
-from .constants import ERROR, INTERRUPTED, SUCCESS
+from .constants import INTERRUPTED
 from .db import Database
 from .errors import DatabaseUnavailable, JobBusy, JobNotFound, NotRunning
 from .jobs import JobDef
-from .ledger import Recorder, Run, utcnow
-from .settings import Settings
+from .ledger import Run, utcnow
+from .runner import Runner
 
 log = logging.getLogger("asyncapp.run")
 
 #: Seconds a process waits before claiming jobs another live process prefers.
 SPREAD_DELAY = 0.25
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What a running job may know about itself; see :func:`current_run`."""
-
-    job_id: str
-    run_id: str
-    scheduled_for: datetime
-    node: str
-    settings: Settings
-    logger: logging.LoggerAdapter[logging.Logger]
-    #: Stable across retries and processes: use it as an idempotency key.
-    key: str = ""
-    attempt: int = 1
-
-
-_current_run: contextvars.ContextVar[RunContext] = contextvars.ContextVar("asyncapp_run")
-
-
-def current_run() -> RunContext:
-    """The run being executed: ids, scheduled time, settings and a logger tagged with them.
-
-    :raises NotRunning: outside a job run.
-    """
-    try:
-        return _current_run.get()
-    except LookupError:
-        raise NotRunning("current_run()") from None
-
-
-class Runner:
-    """Runs one claimed run of a job and records how it ended."""
-
-    def __init__(
-        self,
-        recorder: Recorder,
-        settings: Settings,
-        run_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-    ) -> None:
-        self.recorder = recorder
-        self.settings = settings
-        self.run_context = run_context
-
-    async def run(self, run: Run, job: JobDef, func: Callable[..., Any]) -> Run:
-        """Run ``job``'s body for ``run``; returns the ended run (also queued for recording)."""
-        jitter = job.trigger.get("jitter")
-        if jitter:
-            await asyncio.sleep(random.uniform(0, float(jitter)))  # noqa: S311 - not for security
-        run = replace(run, started_at=utcnow())
-        tags = {"job_id": job.id, "run_id": run.id, "node": run.node}
-        logger = logging.LoggerAdapter(log, tags)
-        token = _current_run.set(
-            RunContext(
-                job.id,
-                run.id,
-                run.scheduled_for,
-                run.node,
-                self.settings,
-                logger,
-                key=run.key,
-                attempt=run.attempt,
-            )
-        )
-        log.debug("job %s run %s started (scheduled %s)", job.id, run.id, run.scheduled_for)
-        try:
-            with self.run_context():
-                if inspect.iscoroutinefunction(func):
-                    await func(*job.args, **job.kwargs)
-                else:
-                    await asyncio.to_thread(func, *job.args, **job.kwargs)
-        except asyncio.CancelledError:
-            ended = run.finish(INTERRUPTED)
-            self.recorder.finish(ended)
-            log.warning("job %s run %s interrupted", job.id, run.id)
-            raise
-        except Exception as exc:
-            ended = run.finish(ERROR, exc)
-            self.recorder.finish(ended)
-            log.exception("job %s run %s failed", job.id, run.id)
-            return ended
-        finally:
-            _current_run.reset(token)
-        ended = run.finish(SUCCESS)
-        self.recorder.finish(ended)
-        log.info(
-            "job %s run %s succeeded in %.3fs (%.3fs late)",
-            job.id,
-            run.id,
-            (ended.ended_at - run.started_at).total_seconds(),  # type: ignore[operator]
-            (run.started_at - run.scheduled_for).total_seconds(),  # type: ignore[operator]
-        )
-        return ended
 
 
 @dataclass(eq=False)
@@ -165,6 +69,10 @@ class Submission:
 
 class Hooks:
     """What the dispatcher tells its owner; the runtime overrides these."""
+
+    def job_for(self, job_id: str) -> tuple[JobDef, Callable[..., Any]] | None:
+        """The job and function to start a run of ``job_id`` with, if this process can."""
+        return None
 
     def stale(self, job_ids: set[str]) -> None:
         """These jobs changed in the database: reload them."""
@@ -202,12 +110,19 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._claimer: asyncio.Task[None] | None = None
         self._closing = False
+        #: The task running each run id of this process.
         self._runs: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(runner.settings.max_running)
+        runner.recorder.on_started = self.start_promoted
 
     @property
     def running(self) -> int:
-        """Runs in progress in this process."""
-        return len(self._runs)
+        """Runs in progress (or waiting for a slot) in this process."""
+        return len(set(self._runs.values()))
+
+    def run_ids(self) -> list[str]:
+        """The runs this process runs now."""
+        return list(self._runs)
 
     def start(self) -> None:
         self._claimer = asyncio.create_task(self._claim_forever(), name="asyncapp-claims")
@@ -247,7 +162,9 @@ class Dispatcher:
         :raises JobNotFound: if the job is gone.
         :raises DatabaseUnavailable: if the claim could not be written.
         """
-        due = Due(job.id, job.version, [utcnow()], job.next_run_time, manual=True)
+        due = Due(
+            job.id, job.version, [utcnow()], job.next_run_time, overlap=job.overlap, manual=True
+        )
         answer: asyncio.Future[Run] = self._loop.create_future()
         self._queue(Submission(due, job, func, answer))
         return await answer
@@ -269,11 +186,11 @@ class Dispatcher:
     async def _claim(self, batch: list[Submission]) -> None:
         dues = [submission.due for submission in batch]
         recorder = self.runner.recorder
-        ended = recorder.take()
+        write_results = recorder.take()
 
-        def transaction(conn: Connection) -> list[Outcome]:
-            recorder.write(conn, ended)
-            return claim(
+        def transaction(conn: Connection) -> tuple[list[Run], list[Outcome]]:
+            promoted = write_results(conn)
+            outcomes = claim(
                 self.db,
                 conn,
                 dues,
@@ -281,21 +198,22 @@ class Dispatcher:
                 process_id=self.process_id,
                 reasons=self.reasons,
             )
+            return promoted, outcomes
 
         try:
-            outcomes = await self.db.write(transaction)
+            promoted, outcomes = await self.db.write(transaction)
         except DatabaseUnavailable as exc:
-            recorder.untake(ended)
+            recorder.untake(write_results)
             self._refuse(batch, exc)
             self.hooks.database_down([s for s in batch if s.answer is None])
             return
         except Exception as exc:
-            recorder.untake(ended)
+            recorder.untake(write_results)
             log.exception("claiming %d due jobs failed", len(batch))
             self._refuse(batch, exc)
             self.hooks.database_down([s for s in batch if s.answer is None])
             return
-        recorder.taken(ended)
+        recorder.taken(promoted)
         stale: set[str] = set()
         halted: list[Submission] = []
         for submission, outcome in zip(batch, outcomes, strict=True):
@@ -310,9 +228,27 @@ class Dispatcher:
             self.hooks.halted(halted)
 
     def _settle(self, submission: Submission, outcome: Outcome) -> None:
+        due = submission.due
+        lost = len(due.times) + (due.folded is not None) - len(outcome.won) - len(outcome.missed)
+        if not due.manual and not outcome.stale and not outcome.halted:
+            metrics.CLAIMS_LOST.inc(max(0, lost - len(outcome.waiting)))
         if outcome.won:
-            self.start_runs(outcome.won, submission.job, submission.func)
+            victims = [run_id for run_id, _ in outcome.cancelled if run_id in self._runs]
+            if victims:
+                self._loop.create_task(
+                    self._after(victims, outcome.won, submission.job, submission.func)
+                )
+            else:
+                self.start_runs(outcome.won, submission.job, submission.func)
+        for run in outcome.waiting:
+            log.info(
+                "job %s run %s (%s) waits for the run in progress (overlap buffer_one)",
+                run.job_id,
+                run.id,
+                run.scheduled_for.isoformat(),
+            )
         for run in outcome.missed:
+            metrics.MISSED.labels(run.job_id, run.reason or "").inc()
             log.warning(
                 "job %s missed %s (run %s): %s",
                 run.job_id,
@@ -341,14 +277,50 @@ class Dispatcher:
         task = self._loop.create_task(
             self._run_in_order(runs, job, func), name=f"asyncapp-run-{job.id}"
         )
-        key = runs[0].id
-        self._runs[key] = task
-        task.add_done_callback(lambda _: self._runs.pop(key, None))
+        for run in runs:
+            self._runs[run.id] = task
+        task.add_done_callback(lambda _: self._forget(runs))
+
+    def start_promoted(self, runs: list[Run]) -> None:
+        """Start runs that this process took over (a waiting run, a re-run)."""
+        for run in runs:
+            found = self.hooks.job_for(run.job_id)
+            if found is None:
+                log.error(
+                    "job %s run %s cannot be started here; it stays unended", run.job_id, run.id
+                )
+                continue
+            self.start_runs([run], *found)
+
+    def abandon(self, run_ids: list[str]) -> None:
+        """Stop runs that another process ended (cancelled, or took over), recording nothing."""
+        for run_id in run_ids:
+            task = self._runs.get(run_id)
+            if task is not None and not task.done():
+                self.runner.abandoned.add(run_id)
+                task.cancel()
+
+    async def _after(
+        self, victims: list[str], runs: list[Run], job: JobDef, func: Callable[..., Any]
+    ) -> None:
+        """Cancel the runs a ``cancel_other`` claim ended here, then start the new one."""
+        tasks = {self._runs[run_id] for run_id in victims if run_id in self._runs}
+        self.abandon(victims)
+        if tasks:
+            await asyncio.wait(tasks)
+        self.start_runs(runs, job, func)
+
+    def _forget(self, runs: list[Run]) -> None:
+        for run in runs:
+            self._runs.pop(run.id, None)
+            self.runner.abandoned.discard(run.id)
 
     async def _run_in_order(self, runs: list[Run], job: JobDef, func: Callable[..., Any]) -> None:
         for index, run in enumerate(runs):
             try:
-                await self.runner.run(run, job, func)
+                async with self._slots:
+                    await self.runner.run(run, job, func)
+                self._runs.pop(run.id, None)  # ended here: nothing left to abandon
             except asyncio.CancelledError:
                 for left in runs[index + 1 :]:  # claimed, never started
                     self.runner.recorder.finish(left.finish(INTERRUPTED))

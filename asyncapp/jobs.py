@@ -17,6 +17,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .constants import ALLOW, SKIP, OverlapPolicy
 from .db import from_epoch
 from .triggers import Spec, spec_fields
 
@@ -34,6 +35,12 @@ class JobDef:
     misfire_grace_time: int | None = None
     max_instances: int = 1
     coalesce: bool = True
+    #: What to do when a run is due while another run of the job is in progress.
+    overlap: OverlapPolicy = SKIP
+    #: Seconds a run may take before it is cancelled and recorded as ``timeout``.
+    timeout: float | None = None
+    #: Further attempts after an attempt fails or times out.
+    retries: int = 0
     #: Run again, as a new attempt, a run its process left behind when it died.
     rerun_interrupted: bool = False
     #: Why it is paused, as told by whoever paused it.
@@ -63,6 +70,9 @@ class JobDef:
                 "misfire_grace_time": self.misfire_grace_time,
                 "max_instances": self.max_instances,
                 "coalesce": self.coalesce,
+                "overlap": self.overlap,
+                "timeout": self.timeout,
+                "retries": self.retries,
                 "rerun_interrupted": self.rerun_interrupted,
                 "note": self.note,
                 "declared": self.declared,
@@ -101,6 +111,10 @@ class JobDef:
             misfire_grace_time=data.get("misfire_grace_time"),
             max_instances=row.max_instances,
             coalesce=bool(data.get("coalesce", True)),
+            # Jobs from before overlap policies: several instances meant "allow".
+            overlap=data.get("overlap") or (ALLOW if row.max_instances > 1 else SKIP),
+            timeout=data.get("timeout"),
+            retries=int(data.get("retries") or 0),
             rerun_interrupted=bool(data.get("rerun_interrupted", False)),
             note=data.get("note"),
             declared=data.get("declared"),
@@ -135,6 +149,9 @@ class JobDef:
             next_run_time=None if self.next_run_time is None else self.local(self.next_run_time),
             coalesce=self.coalesce,
             jitter=self.trigger.get("jitter"),
+            overlap=self.overlap,
+            timeout=self.timeout,
+            retries=self.retries,
             rerun_interrupted=self.rerun_interrupted,
             paused=self.paused,
             note=self.note,

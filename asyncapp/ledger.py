@@ -1,34 +1,23 @@
 """The run ledger: one row per claimed scheduled time, as a run or a missed record.
 
-A run's row is written by its claim (status ``running``, in the claim's
-transaction) and ended by :class:`Recorder`, which batches the ends of runs
-into one transaction per batch.  Ending is conditional: ``WHERE status =
-'running' AND process_id = <this process>``, so a run that another process
-already declared ``interrupted`` (this one was presumed dead) keeps that
-verdict, and the late end is logged instead.
-
-The recorder holds ends of runs that could not be written yet (the database
-is away) and retries them; it cannot grow without bound, because no run
-starts without a claim, and no claim is made while the database is away: it
-holds at most the runs that were in progress when the outage began.
+:class:`Run` is a row of ``asyncapp_runs``; the queries here read them back
+with their earlier attempts.  Rows are written by claims
+(:mod:`asyncapp.claims`) and ended by the recorder (:mod:`asyncapp.results`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from .constants import MAX_ERROR_MESSAGE, RUNNING, RunStatus
-from .db import Database, as_utc, storable
-from .errors import DatabaseUnavailable
+from .db import as_utc, storable
 from .schema import attempts_table, runs_table
 
 log = logging.getLogger("asyncapp.run")
@@ -103,173 +92,6 @@ def run_from_row(row: Any) -> Run:
         reason=row.reason,
         missed_until=as_utc(row.missed_until),
     )
-
-
-class Recorder:
-    """Writes the ends of runs in batches, off the loop; retries while the database is away."""
-
-    RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
-    #: Seconds results wait for company before they are written: at 200 runs a
-    #: second, one transaction per 20 ms instead of one per run, so claims (which
-    #: share the write thread) rarely wait behind a result.
-    LINGER = 0.02
-    #: Results that are written at once, without lingering.
-    BATCH = 200
-
-    def __init__(self, db: Database, process_id: str) -> None:
-        self.db = db
-        self.process_id = process_id
-        self._pending: list[Run] = []
-        self._writing: list[Run] = []
-        #: True while the last attempt to write results failed.
-        self.failing = False
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._urgent = False
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def pending(self) -> int:
-        """Run results not written yet."""
-        return len(self._pending) + len(self._writing)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="asyncapp-recorder")
-
-    async def stop(self, wait: float) -> int:
-        """Write what is pending (waiting at most ``wait`` s); returns how many were lost."""
-        await self.flush(wait)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        lost = len(self._pending) + len(self._writing)
-        if lost:
-            log.error("%d run results could not be written: the database is unavailable", lost)
-        return lost
-
-    def finish(self, run: Run) -> None:
-        """Queue the end of ``run``; returns at once."""
-        self._pending.append(run)
-        self._idle.clear()
-        self._wake.set()
-
-    def take(self) -> list[Run]:
-        """Hand the queued results to a claim transaction, which writes them first.
-
-        A run that ended must not count against ``max_instances`` in the next
-        claim just because its result was still queued; writing results in the
-        claim's own transaction also saves a transaction.  Give them back with
-        :meth:`taken` once committed, or :meth:`untake` if not.
-        """
-        taken, self._pending = self._pending, []
-        return taken
-
-    def taken(self, runs: list[Run]) -> None:
-        if runs and not self._pending and not self._writing:
-            self._urgent = False
-            self._idle.set()
-
-    def untake(self, runs: list[Run]) -> None:
-        if runs:
-            self._pending[:0] = runs
-            self._wake.set()
-
-    def write(self, conn: Connection, batch: list[Run]) -> None:
-        """Write ``batch`` in the caller's transaction (database thread)."""
-        if batch:
-            self._write(conn, batch)
-
-    async def flush(self, wait: float | None = None) -> bool:
-        """Wait until everything queued is written, at most ``wait`` s; True if it was."""
-        if self._idle.is_set():
-            return True
-        self._urgent = True
-        self._wake.set()
-        try:
-            async with asyncio.timeout(wait):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not self._urgent and 0 < len(self._pending) < self.BATCH:
-                await asyncio.sleep(self.LINGER)
-            self._writing, self._pending = self._pending, []
-            if not self._writing:
-                self._idle.set()
-                continue
-            try:
-                await self.db.write(functools.partial(self._write, batch=self._writing))
-            except DatabaseUnavailable:
-                self.failing = True
-                self._pending[:0] = self._writing
-                self._writing = []
-                delay = self.RETRY_SECONDS[min(failures, len(self.RETRY_SECONDS) - 1)]
-                failures += 1
-                await asyncio.sleep(delay)
-                self._wake.set()
-                continue
-            except Exception:
-                log.exception("writing %d run results failed; they are dropped", len(self._writing))
-            failures = 0
-            self.failing = False
-            self._writing = []
-            if self._pending:
-                self._wake.set()
-            else:
-                self._urgent = False
-                self._idle.set()
-
-    def _write(self, conn: Connection, batch: list[Run]) -> None:
-        ended = conn.execute(
-            END_RUN,
-            [
-                {
-                    "_id": run.id,
-                    "_process": self.process_id,
-                    "status": run.status,
-                    "started_at": run.started_at,
-                    "ended_at": run.ended_at,
-                    "error_type": run.error_type,
-                    "error_message": run.error_message,
-                }
-                for run in batch
-            ],
-        )
-        if ended.rowcount is not None and 0 <= ended.rowcount < len(batch):
-            log.warning(
-                "%d of %d runs ended after another process had marked them interrupted "
-                "(this process was presumed dead); their results are kept out of the history",
-                len(batch) - ended.rowcount,
-                len(batch),
-            )
-
-
-#: Ends a run this process claimed, unless another process ended it meanwhile.
-END_RUN = (
-    update(runs_table)
-    .where(
-        and_(
-            runs_table.c.id == bindparam("_id"),
-            runs_table.c.process_id == bindparam("_process"),
-            runs_table.c.status == RUNNING,
-        )
-    )
-    .values(
-        status=bindparam("status"),
-        started_at=bindparam("started_at"),
-        ended_at=bindparam("ended_at"),
-        error_type=bindparam("error_type"),
-        error_message=bindparam("error_message"),
-    )
-)
 
 
 def select_runs(

@@ -42,15 +42,18 @@ from .claims import Reasons
 from .cluster import SERVER, ChangeFeed, Membership
 from .constants import SCHEDULER_RUNNING, SchedulerState
 from .db import Database
-from .errors import DatabaseUnavailable, NotRunning, SettingsError
-from .execution import Dispatcher, Hooks, Runner, Submission
+from .errors import AsyncAppError, DatabaseUnavailable, InvalidJob, NotRunning, SettingsError
+from .execution import Dispatcher, Hooks, Submission
 from .jobs import JobDef
-from .ledger import Recorder, Run
+from .ledger import Run
+from .results import Recorder
+from .runner import Runner
 from .scheduler import Scheduler
 from .service import JobService
 from .settings import Settings
 from .store import Actor, Change, JobStore
 from .tasks import Registry, Task, registry
+from .validation import parse_job_create
 
 log = logging.getLogger("asyncapp.runtime")
 
@@ -187,6 +190,8 @@ class Runtime(Hooks):
             can_run=lambda job: job.func in self.tasks,
             on_reruns=self._rerun,
             on_live=self._on_live,
+            local_runs=self._local_runs,
+            on_abandoned=self._abandon,
         )
         await membership.join()
         stack.push_async_callback(membership.leave)
@@ -195,6 +200,7 @@ class Runtime(Hooks):
         stack.push_async_callback(self._stop_recorder)
         self._reasons = Reasons(started_at=datetime.now(UTC))
         runner = Runner(recorder, settings, self._job_context)
+        stack.callback(runner.close)
         dispatcher = self._parts["dispatcher"] = Dispatcher(
             db,
             runner,
@@ -344,6 +350,13 @@ class Runtime(Hooks):
 
     # -- asyncapp.execution.Hooks -------------------------------------------------
 
+    def job_for(self, job_id: str) -> tuple[JobDef, Callable[..., Any]] | None:
+        cache = self._parts.get("cache")
+        entry = cache.entry(job_id) if cache is not None else None
+        if entry is not None:
+            return entry.job, entry.func
+        return None
+
     def stale(self, job_ids: set[str]) -> None:
         self._spawn(self._reload(job_ids))
 
@@ -421,9 +434,26 @@ class Runtime(Hooks):
             dispatcher.rank = self._parts["membership"].ranking()
 
     def _rerun(self, reruns: list[tuple[Run, JobDef]]) -> None:
+        dispatcher = self._parts.get("dispatcher")
+        if dispatcher is None:
+            return
         for run, job in reruns:
-            log.warning("job %s run %s: re-running it as attempt %d", job.id, run.id, run.attempt)
-            self.dispatcher.start_runs([run], job, self.tasks.resolve(job.func).func)
+            log.warning(
+                "job %s run %s: taking it over from a dead process (attempt %d)",
+                job.id,
+                run.id,
+                run.attempt,
+            )
+            dispatcher.start_runs([run], job, self.tasks.resolve(job.func).func)
+
+    def _local_runs(self) -> list[str]:
+        dispatcher = self._parts.get("dispatcher")
+        return dispatcher.run_ids() if dispatcher is not None else []
+
+    def _abandon(self, run_ids: list[str]) -> None:
+        dispatcher = self._parts.get("dispatcher")
+        if dispatcher is not None:
+            dispatcher.abandon(run_ids)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -462,19 +492,24 @@ class Runtime(Hooks):
             assert schedule is not None
             if schedule.enabled is not None and not schedule.enabled(self.settings):
                 continue
-            spec = {
+            body = {
                 "id": schedule.job_id,
                 "func": task.ref,
                 "name": schedule.job_id,
                 "args": list(schedule.args),
                 "kwargs": dict(schedule.kwargs),
                 "trigger": schedule.trigger,
-                "declared": schedule.declaration(task.ref),
                 **schedule.options,
             }
             try:
+                # The same validation as the API's: a bad option stops startup, named.
+                spec = parse_job_create(body)
+                spec["declared"] = schedule.declaration(task.ref)
                 declared.append(service.new_job(spec))
-            except Exception as exc:
+            except InvalidJob as exc:
+                details = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
+                raise SettingsError([f"@task {task.ref}: {details}"]) from None
+            except AsyncAppError as exc:
                 raise SettingsError([f"@task {task.ref}: {exc}"]) from None
         ids = {job.id for job in declared}
         store = JobStore(self.db)

@@ -112,6 +112,7 @@ class Scheduler(AsyncIOScheduler):
                 next_time,
                 coalesce=job.coalesce,
                 misfire_grace_time=job.misfire_grace_time,
+                overlap=job.overlap,
                 folded=folded,
             )
             self.dispatcher.submit(Submission(due, job, entry.func))

@@ -28,6 +28,7 @@ from .constants import (
     INTERVAL_UNITS,
     MAX_ID_LENGTH,
     MAX_NOTE_LENGTH,
+    OverlapPolicy,
     RunStatus,
     TriggerType,
 )
@@ -188,9 +189,28 @@ class JobFields(TriggerFields):
     misfire_grace_time: int | None = Field(
         None, ge=1, le=366 * 86400, description="Seconds a run may start late (default: settings)"
     )
-    max_instances: int | None = Field(None, ge=1, le=100)
+    max_instances: int | None = Field(
+        None, ge=1, le=100, description="Runs at once, across processes (overlap 'allow' only)"
+    )
     coalesce: bool | None = Field(
         None, description="Run once, not once per missed time, after a delay"
+    )
+    overlap: OverlapPolicy | None = Field(
+        None,
+        description="When a run is due while another runs: skip (record it missed), "
+        "buffer_one (start it when the other ends; one waits at most), allow (run alongside, "
+        "up to max_instances), cancel_other (cancel the running one, then start)",
+    )
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        allow_inf_nan=False,
+        description="Seconds a run may take; then it is cancelled and recorded as timeout "
+        "(null in a PATCH removes it)",
+    )
+    retries: int | None = Field(
+        None, ge=0, le=100, description="Further attempts after a failed or timed-out attempt"
     )
     paused: bool | None = Field(None, description="Store the job without scheduling it")
     rerun_interrupted: bool | None = Field(

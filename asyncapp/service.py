@@ -27,6 +27,8 @@ from sqlalchemy.engine import Connection
 from .cluster import Process, read_live
 from .constants import (
     ADD,
+    ALLOW,
+    JOB_OPTIONS,
     MODIFY,
     PAUSE,
     REMOVE,
@@ -36,6 +38,7 @@ from .constants import (
     SCHEDULER_PAUSED_STATE,
     SCHEDULER_RUNNING,
     SCHEDULER_STOPPED,
+    SKIP,
     SchedulerState,
 )
 from .db import Database, storable
@@ -48,32 +51,9 @@ from .tasks import Registry
 from .triggers import build_trigger, fire_time_after, trigger_to_spec
 
 #: Job fields a PATCH may change.
-CHANGEABLE = (
-    "func",
-    "name",
-    "args",
-    "kwargs",
-    "trigger",
-    "paused",
-    "misfire_grace_time",
-    "max_instances",
-    "coalesce",
-    "rerun_interrupted",
-)
+CHANGEABLE = ("func", "args", "kwargs", "trigger", "paused", *JOB_OPTIONS)
 #: Fields whose changes the history records (what the API shows of a job).
-HISTORY_FIELDS = (
-    "func",
-    "name",
-    "args",
-    "kwargs",
-    "trigger",
-    "misfire_grace_time",
-    "max_instances",
-    "coalesce",
-    "rerun_interrupted",
-    "paused",
-    "note",
-)
+HISTORY_FIELDS = ("func", "args", "kwargs", "trigger", *JOB_OPTIONS, "paused", "note")
 
 
 class Local(Protocol):
@@ -474,10 +454,15 @@ class JobService:
             misfire_grace_time=spec.get("misfire_grace_time", self.settings.misfire_grace_time),
             max_instances=spec.get("max_instances", 1),
             coalesce=spec.get("coalesce", self.settings.coalesce),
+            # Several instances without a policy: what APScheduler's max_instances means.
+            overlap=spec.get("overlap") or (ALLOW if spec.get("max_instances", 1) > 1 else SKIP),
+            timeout=spec.get("timeout", self.settings.job_timeout),
+            retries=spec.get("retries", self.settings.job_retries),
             rerun_interrupted=spec.get("rerun_interrupted", False),
             declared=spec.get("declared"),
             version=1,
         )
+        _check_options(job)
         _check_json(job)
         if spec.get("paused"):
             return job
@@ -486,9 +471,13 @@ class JobService:
     def _changed(self, job: JobDef, changes: dict[str, Any]) -> JobDef:
         """``job`` with ``changes`` applied and validated, version bumped if anything changed."""
         values: dict[str, Any] = {}
-        for key in ("name", "misfire_grace_time", "max_instances", "coalesce", "rerun_interrupted"):
+        for key in JOB_OPTIONS:
             if changes.get(key) is not None and changes[key] != getattr(job, key):
                 values[key] = changes[key]
+        if "timeout" in changes and changes["timeout"] is None:
+            values["timeout"] = None
+        if changes.get("max_instances", 1) > 1 and "overlap" not in changes:
+            values["overlap"] = ALLOW
         if "args" in changes:
             values["args"] = list(changes["args"] or [])
         if "kwargs" in changes:
@@ -500,6 +489,7 @@ class JobService:
             trigger = values["trigger"] = self._trigger_spec(changes["trigger"])
         updated = job.changed(**values)
         self._check_call(updated.func, updated.args, updated.kwargs)
+        _check_options(updated)
         _check_json(updated)
         paused = changes.get("paused", job.paused)
         if paused:
@@ -509,6 +499,19 @@ class JobService:
         if updated == job:
             return job
         return updated.changed(version=job.version + 1)
+
+
+def _check_options(job: JobDef) -> None:
+    if job.max_instances > 1 and job.overlap != ALLOW:
+        raise InvalidJob(
+            [
+                {
+                    "field": "max_instances",
+                    "message": f"several instances need overlap 'allow' (this job's is "
+                    f"{job.overlap!r}: at most one run at a time)",
+                }
+            ]
+        )
 
 
 def _check_json(job: JobDef) -> None:

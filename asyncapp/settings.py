@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -71,6 +71,32 @@ class Settings(BaseSettings):
     coalesce: bool = Field(
         default=True, description="Default: run a job once when several runs were missed."
     )
+    job_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Default seconds a run may take before it is cancelled and recorded as "
+        "timeout; empty means no limit.",
+    )
+    job_retries: int = Field(
+        default=0, ge=0, le=100, description="Default further attempts after a failed attempt."
+    )
+    retry_backoff: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds before the first retry; each next one waits twice as long, "
+        "with full jitter, up to ASYNCAPP_RETRY_BACKOFF_MAX.",
+    )
+    retry_backoff_max: float = Field(
+        default=300.0, gt=0, description="Longest wait between two attempts, in seconds."
+    )
+    max_running: int = Field(
+        default=5000,
+        ge=1,
+        description="Runs at once in this process; more wait their turn (it shows as lateness).",
+    )
+    job_threads: int = Field(
+        default=16, ge=1, description="Threads running plain def jobs (not the request threads)."
+    )
     http_timeout: float = Field(
         default=10.0, gt=0, description="Default timeout in seconds of the shared HTTP client."
     )
@@ -107,6 +133,37 @@ class Settings(BaseSettings):
         description="Comma-separated URLs for the example uptime check; empty turns it off.",
     )
     log_level: str = Field(default="INFO", description="Level of the asyncapp loggers.")
+    loop_lag_threshold: float = Field(
+        default=0.1,
+        gt=0,
+        description="Seconds the event loop may be held before a warning names what held it.",
+    )
+    metrics_public: bool = Field(
+        default=False, description="Serve /metrics without the API token (for a scraper)."
+    )
+    history_days: float = Field(
+        default=30,
+        ge=0,
+        description="Days of run history kept; older runs are deleted (0 keeps them all).",
+    )
+    history_per_job: int = Field(
+        default=1000,
+        ge=0,
+        description="Runs kept per job, newest first; older ones are deleted (0: no limit).",
+    )
+    max_jobs: int = Field(
+        default=10_000, ge=1, description="Jobs the database may hold; more are refused (422)."
+    )
+    max_args_bytes: int = Field(
+        default=65_536,
+        ge=1,
+        description="Largest JSON size of a job's args and kwargs together; larger is refused.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: lines tagged with job, run, scheduled time and node; json: one JSON "
+        "object per line.",
+    )
 
     @field_validator("job_modules", "uptime_urls", mode="before")
     @classmethod
@@ -122,6 +179,11 @@ class Settings(BaseSettings):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return value
+
+    @field_validator("job_timeout", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("api_token", mode="before")
     @classmethod

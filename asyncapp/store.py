@@ -25,10 +25,19 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
-from .constants import SCHEDULER, SCHEDULER_RUNNING, ChangeSource, SchedulerState
+from .constants import (
+    MISSED,
+    MISSED_REASONS,
+    REMOVED,
+    SCHEDULER,
+    SCHEDULER_RUNNING,
+    WAITING,
+    ChangeSource,
+    SchedulerState,
+)
 from .db import Database, as_utc, storable
 from .jobs import JobDef
-from .schema import changes_table, jobs_table, scheduler_table
+from .schema import changes_table, jobs_table, runs_table, scheduler_table
 
 log = logging.getLogger("asyncapp.store")
 
@@ -156,6 +165,17 @@ class JobStore:
         )
 
     def delete(self, conn: Connection, job_id: str) -> bool:
+        """Delete a job's row; a run of it waiting to start becomes a missed record."""
+        conn.execute(
+            update(runs_table)
+            .where(runs_table.c.job_id == job_id, runs_table.c.status == WAITING)
+            .values(
+                status=MISSED,
+                reason=REMOVED,
+                ended_at=datetime.now(UTC),
+                error_message=MISSED_REASONS[REMOVED],
+            )
+        )
         return bool(conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)).rowcount)
 
     def set_scheduler_state(self, conn: Connection, state: SchedulerState, now: float) -> str:

@@ -111,8 +111,10 @@ def task(target: Any = None, /, **options: Any) -> Any:
     ``@task`` (bare) makes ``async def poll(...)`` schedulable as ``"module:poll"``.
     ``@task("interval", hours=1, id="hourly_task")`` also schedules it when the app
     starts; other keywords are the trigger's fields plus ``id``, ``name``, ``args``,
-    ``kwargs``, ``misfire_grace_time``, ``max_instances``, ``coalesce`` and
-    ``enabled`` (a function of the settings; False leaves the job unscheduled).
+    ``kwargs``, the job options (``misfire_grace_time``, ``max_instances``,
+    ``coalesce``, ``overlap``, ``timeout``, ``retries``, ``rerun_interrupted``; see
+    ``docs/api.md``) and ``enabled`` (a function of the settings; False leaves
+    the job unscheduled).
     Sync ``def`` functions are accepted and run in a worker thread.
     """
     if callable(target):
@@ -141,6 +143,10 @@ def _schedule(
     misfire_grace_time: int | None = None,
     max_instances: int | None = None,
     coalesce: bool | None = None,
+    overlap: str | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    rerun_interrupted: bool | None = None,
     enabled: Callable[[Any], bool] | None = None,
     **trigger_args: Any,
 ) -> Schedule:
@@ -151,6 +157,10 @@ def _schedule(
             ("misfire_grace_time", misfire_grace_time),
             ("max_instances", max_instances),
             ("coalesce", coalesce),
+            ("overlap", overlap),
+            ("timeout", timeout),
+            ("retries", retries),
+            ("rerun_interrupted", rerun_interrupted),
         )
         if value is not None
     }

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .constants import SECONDS_PER
+from .constants import JOB_OPTIONS, SECONDS_PER
 from .errors import InvalidJob
 from .schemas import (
     ALL_TRIGGER_FIELDS,
@@ -166,8 +166,8 @@ def parse_job_create(data: Any) -> dict[str, Any]:
         "name": model.name or model.id,
     }
     # Options left out take the service's defaults (ASYNCAPP_MISFIRE_GRACE_TIME ...).
-    for name in ("misfire_grace_time", "max_instances", "coalesce", "paused", "rerun_interrupted"):
-        if getattr(model, name) is not None:
+    for name in (*JOB_OPTIONS, "paused"):
+        if name != "name" and getattr(model, name) is not None:
             spec[name] = getattr(model, name)
     return spec
 
@@ -179,19 +179,11 @@ def parse_job_update(job_id: str, data: Any) -> dict[str, Any]:
     if model.id is not None and model.id != job_id:
         raise InvalidJob([{"field": "id", "message": "a job's id cannot be changed"}])
     changes: dict[str, Any] = {}
-    for name in (
-        "func",
-        "name",
-        "args",
-        "kwargs",
-        "misfire_grace_time",
-        "max_instances",
-        "coalesce",
-        "paused",
-        "rerun_interrupted",
-    ):
+    for name in ("func", "args", "kwargs", "paused", *JOB_OPTIONS):
         if getattr(model, name) is not None:
             changes[name] = getattr(model, name)
+    if "timeout" in given and model.timeout is None:
+        changes["timeout"] = None  # an explicit null removes the timeout
     if model.trigger is not None:
         changes["trigger"] = _trigger_spec(model, model.trigger)
         _check_trigger_builds(changes["trigger"])

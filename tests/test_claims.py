@@ -254,7 +254,7 @@ async def test_runs_of_a_dead_process_are_interrupted_or_rerun(db: Database) -> 
     await run_claim(db, [due(plain, NOW), due(again, NOW)], "dead")
     # The dead process never registered (or its row was removed): its runs are orphans.
     reruns = await db.write(
-        lambda conn: reap(conn, node="live", process_id="p2", can_run=lambda job: True)
+        lambda conn: reap(conn, db, node="live", process_id="p2", can_run=lambda job: True)
     )
     assert [(run.job_id, run.attempt, run.process_id) for run, _ in reruns] == [("again", 2, "p2")]
     rows = {row.job_id: row for row in await ledger(db)}
@@ -279,7 +279,9 @@ async def test_runs_of_a_live_process_are_left_alone(db: Database) -> None:
         )
     )  # fmt: skip
     await run_claim(db, [due(job, NOW)], "p1")
-    assert await db.write(lambda conn: reap(conn, node="n", process_id="p2", can_run=bool)) == []
+    assert (
+        await db.write(lambda conn: reap(conn, db, node="n", process_id="p2", can_run=bool)) == []
+    )
     assert [row.status for row in await ledger(db)] == [RUNNING]
 
 
