@@ -1,13 +1,61 @@
-"""WSGI-to-ASGI bridge on asgiref, serving requests concurrently.
+"""WSGI-to-ASGI bridge for Flask: async views on the loop, sync views in threads.
 
 asgiref's ``WsgiToAsgi`` runs every request through ``sync_to_async`` with
 ``thread_sensitive=True``: all of Flask on ONE thread, so 20 requests to a view
-awaiting 100 ms took 2.09 s (DESIGN.md Fact 1).  Here each request runs in a
-bounded pool of our own (``ASYNCAPP_WORKER_THREADS``), while asgiref still
-does what it does well: building the environ, sending the response from the
-thread, and running Flask's ``async def`` views back on the server loop (its
-AsyncToSync finds the loop of the SyncToAsync that started the thread), so
-async views share the loop with the scheduler and the shared HTTP client.
+awaiting 100 ms took 2.09 s.  Running each request in a bounded pool of our own
+(``ASYNCAPP_WORKER_THREADS``) fixed that for sync views, but an ``async def``
+view still held its thread for as long as it awaited: Flask's stock
+``async_to_sync`` blocks the thread until the coroutine, run on the server
+loop, is done.  The pool then caps how many async views are in flight, and
+every request pays two thread hops.
+
+So a request is routed before Flask sees it, by matching its environ with the
+app's own URL adapter:
+
+* endpoint is a coroutine function (also a ``View``/``MethodView`` whose
+  handler for this method is one): the whole WSGI call runs in a greenlet on
+  the loop thread.  The app's ``async_to_sync`` is replaced so that each
+  await switches to the request's task, which awaits the coroutine and
+  switches back with its result: the technique of SQLAlchemy's asyncio layer.
+  An async view in flight holds a suspended greenlet, not a thread: with
+  1000 in flight the server had 2 threads and had grown by about 33 kB per
+  request (connection, task, Flask's objects and the greenlet together).
+  The greenlet runs in the task's contextvars context, so Flask's request and
+  app contexts, and the shared HTTP client bound by ``asgi.py``, are the same
+  on both sides of an await.
+* anything else (sync views, 404, 405, redirects, apps that override
+  ``ensure_sync`` or ``async_to_sync`` themselves): the pool, as before.
+  Responses with a Content-Length up to ``BUFFER_LIMIT`` are built in the
+  thread and sent by the loop in one go: one thread hop per request, not one
+  per ASGI message.
+
+The price is that the sync parts of an async endpoint (before/after/teardown
+hooks, error handlers, response iteration) run on the loop too: they must not
+block, like the view's own code.  Code running on the loop that calls an async
+function synchronously outside such a request gets a ``RuntimeError`` instead
+of a deadlock.
+
+Measured with ``python -m bench.adapter``: one Hypercorn process pinned to
+one core, wrk on the other, a view awaiting ``asyncio.sleep(0.1)``, no access
+log, medians of 3 runs of 10 s on a 2-core machine busy with other work
+(load 2-6), so read the ratios within a run more than the absolute figures:
+
+==================  ======================  ======================
+                    100 clients             1000 clients
+                    req/s  p99     CPU/req  req/s  p99     CPU/req
+==================  ======================  ======================
+greenlet (here)     855    151 ms  570 us   1250   1.9 s   600 us
+thread per request  731    230 ms  596 us   435    3.4 s   1152 us
+bare ASGI app       686    184 ms  290 us   1493   1.4 s   335 us
+==================  ======================  ======================
+
+At 100 clients every stack is bound by the 100 ms await (1000 req/s at
+most).  At 1000, a thread per request caps the views in flight at the pool's
+128 and its CPU per request doubles (128 threads taking turns at the GIL and
+handing every message to the loop); in-run ratios over three invocations
+were 1.3-3.0x (median 1.7x) for greenlets over threads.  The
+greenlet path still costs about twice the CPU of a bare ASGI app: that is
+Flask's own request handling, now on the loop.
 
 Bodies larger than ``max_body_bytes`` are refused with 413 before Flask sees
 them, by ``Content-Length`` when given and while reading otherwise.
@@ -15,42 +63,61 @@ them, by ``Content-Length`` when given and while reading otherwise.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import json
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from inspect import iscoroutinefunction
 from tempfile import SpooledTemporaryFile
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import AsyncToSync, SyncToAsync
+from asgiref.sync import async_to_sync as asgiref_async_to_sync
 from asgiref.wsgi import WsgiToAsgiInstance
+from flask import Flask
+from flask.views import MethodView
+from greenlet import getcurrent, greenlet
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
+Environ = dict[str, Any]
+T = TypeVar("T")
 
 #: Responses with a Content-Length up to this size are built in the worker
 #: thread and sent from the loop in one go; others stream from the thread.
 BUFFER_LIMIT = 1 << 20
 
 
-class ConcurrentWsgiToAsgi:
-    """An ASGI app (HTTP scopes only) serving a WSGI app from a thread pool."""
+class FlaskToAsgi:
+    """An ASGI app (HTTP scopes only) serving a Flask app: async views on the loop,
+    everything else from a thread pool."""
 
-    def __init__(self, wsgi_app: Any, *, threads: int, max_body_bytes: int) -> None:
-        self.wsgi_app = wsgi_app
+    def __init__(self, flask_app: Flask, *, threads: int, max_body_bytes: int) -> None:
+        self.flask_app = flask_app
         self.max_body_bytes = max_body_bytes
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="asyncapp-http")
-        # SyncToAsync (not run_in_executor) so that asgiref's AsyncToSync, which
-        # Flask uses for async views, finds this loop from the worker thread.
+        # SyncToAsync (not run_in_executor) so that asgiref's AsyncToSync finds
+        # this loop from the worker thread, for async code called from sync views.
         self._call = SyncToAsync(_respond, thread_sensitive=False, executor=self.executor)
+        cls = type(flask_app)
+        self.greenlets = (
+            cls.ensure_sync is Flask.ensure_sync and cls.async_to_sync is Flask.async_to_sync
+        )
+        if self.greenlets:
+            # Flask documents async_to_sync as the override point; an instance
+            # attribute overrides it without changing the class of the user's app.
+            flask_app.async_to_sync = async_to_sync  # type: ignore[method-assign]
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            raise ValueError(f"ConcurrentWsgiToAsgi cannot serve {scope['type']!r} scopes")
+            raise ValueError(f"FlaskToAsgi cannot serve {scope['type']!r} scopes")
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             await self._too_large(send)
             return
-        instance = WsgiToAsgiInstance(self.wsgi_app)
+        instance = WsgiToAsgiInstance(self.flask_app)
         instance.scope = scope
         with SpooledTemporaryFile(max_size=65536) as body:
             size = 0
@@ -67,8 +134,17 @@ class ConcurrentWsgiToAsgi:
                 if not message.get("more_body"):
                     break
             body.seek(0)
-            instance.sync_send = AsyncToSync(send)
-            buffered = await self._call(self.wsgi_app, instance, body)
+            try:
+                environ = instance.build_environ(scope, body)
+            except ValueError:
+                await _send_whole(send, 400, b"Bad Request: Too many duplicate headers")
+                return
+            if self.greenlets and self._endpoint_is_async(environ):
+                instance.sync_send = functools.partial(_await_send, send)
+                buffered = await _run_in_greenlet(_respond, self.flask_app, instance, environ)
+            else:
+                instance.sync_send = AsyncToSync(send)
+                buffered = await self._call(self.flask_app, instance, environ)
         if buffered is not None:
             start, content = buffered
             await send(start)
@@ -76,6 +152,34 @@ class ConcurrentWsgiToAsgi:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _endpoint_is_async(self, environ: Environ) -> bool:
+        """Whether Flask will dispatch this request to a coroutine function.
+
+        Matched as Flask matches (its ``create_url_adapter``); when matching
+        fails or the view is of a shape not recognised here, False: the pool
+        serves every request correctly, the loop only those that cannot block.
+        """
+        app = self.flask_app
+        try:
+            # Never None when given a request.
+            url_adapter = app.create_url_adapter(app.request_class(environ))
+            rule, _ = url_adapter.match(return_rule=True)  # type: ignore[union-attr]
+        except Exception:
+            return False
+        view = app.view_functions.get(rule.endpoint)
+        view_class = getattr(view, "view_class", None)
+        if view_class is None:
+            return iscoroutinefunction(view)
+        if iscoroutinefunction(view_class.dispatch_request):
+            return True
+        if view_class.dispatch_request is not MethodView.dispatch_request:
+            return False
+        method = environ["REQUEST_METHOD"].lower()
+        handler = getattr(view_class, method, None)
+        if handler is None and method == "head":
+            handler = getattr(view_class, "get", None)
+        return iscoroutinefunction(handler)
 
     async def _too_large(self, send: Any) -> None:
         body = json.dumps(
@@ -98,6 +202,71 @@ class ConcurrentWsgiToAsgi:
         await send({"type": "http.response.body", "body": body})
 
 
+class _RequestGreenlet(greenlet):
+    """Runs one request's WSGI call on the loop thread; its parent is the request's task."""
+
+
+def async_to_sync(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """``Flask.async_to_sync`` for apps served by :class:`FlaskToAsgi`.
+
+    In a request served on the loop, the call suspends the request's greenlet
+    until the coroutine is done; in a worker thread, asgiref's ``async_to_sync``
+    runs it on the server loop, as Flask's own does.
+
+    :raises RuntimeError: when called on a thread running an event loop outside
+        such a request (blocking there would deadlock the loop).
+    """
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> T:
+        if isinstance(getcurrent(), _RequestGreenlet):
+            return _await(func(*args, **kwargs))
+        if _loop_running():
+            raise RuntimeError(
+                f"{func.__qualname__} is a coroutine function called synchronously on the "
+                "event loop's thread, outside an async view's request; await it instead"
+            )
+        return asgiref_async_to_sync(func)(*args, **kwargs)
+
+    return run
+
+
+def _await(awaitable: Awaitable[T]) -> T:
+    """Suspend the current request greenlet until the task has awaited ``awaitable``."""
+    return getcurrent().parent.switch(awaitable)
+
+
+def _await_send(send: Callable[[Message], Awaitable[None]], message: Message) -> None:
+    _await(send(message))
+
+
+async def _run_in_greenlet(fn: Callable[..., T], *args: Any) -> T:
+    """Call ``fn`` in a request greenlet, awaiting for it whatever it hands over."""
+    task = getcurrent()
+    child = _RequestGreenlet(fn, task)
+    # A new greenlet starts with an empty context: share the task's, so that
+    # what Flask sets before an await is there after it, on both sides.
+    child.gr_context = task.gr_context
+    result = child.switch(*args)
+    while not child.dead:
+        try:
+            value = await result
+        except BaseException as exc:
+            # Into the greenlet, where Flask handles it as raised by the await.
+            result = child.throw(exc)
+        else:
+            result = child.switch(value)
+    return result
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", []):
         if name.lower() == b"content-length":
@@ -108,29 +277,22 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+async def _send_whole(send: Any, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _respond(
-    wsgi_app: Any, instance: WsgiToAsgiInstance, body: Any
+    wsgi_app: Any, instance: WsgiToAsgiInstance, environ: Environ
 ) -> tuple[Message, bytes] | None:
-    """Run the WSGI app in a worker thread.
+    """Run the WSGI app (in a worker thread or a request greenlet).
 
     A response with a Content-Length of at most ``BUFFER_LIMIT`` is returned
-    whole, for the loop to send: one thread hop per request instead of one per
-    ASGI message (asgiref sends each message with AsyncToSync, which costs
-    more than Flask's own work for a small response).  Anything else streams
-    from this thread as asgiref does.  Unlike asgiref, the iterable is closed,
-    as WSGI requires.
+    whole, for the loop to send.  Anything else streams through
+    ``instance.sync_send``.  Unlike asgiref, the iterable is closed, as WSGI
+    requires.
     """
-    try:
-        environ = instance.build_environ(instance.scope, body)
-    except ValueError:
-        return (
-            {
-                "type": "http.response.start",
-                "status": 400,
-                "headers": [(b"content-type", b"text/plain")],
-            },
-            b"Bad Request: Too many duplicate headers",
-        )
     result = wsgi_app(environ, instance.start_response)
     try:
         chunks: list[bytes] = []

@@ -19,7 +19,7 @@ from typing import Any
 from flask import Flask
 
 from . import http
-from .adapter import ConcurrentWsgiToAsgi
+from .adapter import FlaskToAsgi
 from .app import AsyncApp, create_app
 from .errors import DatabaseUnavailable, SettingsError
 
@@ -32,7 +32,7 @@ class AsgiApp:
     def __init__(self, flask_app: Flask, ext: AsyncApp) -> None:
         self.flask_app = flask_app
         self.ext = ext
-        self.adapter = ConcurrentWsgiToAsgi(
+        self.adapter = FlaskToAsgi(
             flask_app,
             threads=ext.settings.worker_threads,
             max_body_bytes=ext.settings.max_body_bytes,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
-from flask import Flask, request
+import pytest
+from flask import Flask, g, request
+from flask.views import View
 
-from tests.conftest import serve
+from asyncapp import AsyncApp
+from asyncapp.adapter import async_to_sync
+from tests.conftest import app_config, serve
 
 
 def add_echo(app: Flask) -> None:
@@ -50,3 +56,102 @@ async def test_flask_errors_pass_through(make_app: Callable[..., Flask]) -> None
     async with serve(make_app()) as client:
         response = await client.get("/no/such/page")
     assert response.status_code == 404
+
+
+def on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def test_cancelled_async_view_tears_down_once(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    entered = asyncio.Event()
+    torn_down: list[str] = []
+
+    @app.get("/hang")
+    async def hang() -> object:
+        entered.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    @app.teardown_request
+    def teardown(exc: BaseException | None) -> None:
+        if request.path == "/hang":
+            torn_down.append(type(exc).__name__)
+
+    async with serve(app) as client:
+        request_task = asyncio.create_task(client.get("/hang"))
+        await entered.wait()
+        request_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request_task
+        assert (await client.get("/healthz")).status_code == 200
+    assert torn_down == ["CancelledError"]
+
+
+async def test_class_view_with_async_dispatch_runs_on_the_loop(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app()
+
+    class Where(View):
+        async def dispatch_request(self) -> object:
+            await asyncio.sleep(0)
+            return {"hook_on_loop": g.hook_on_loop}
+
+    app.before_request(lambda: setattr(g, "hook_on_loop", on_loop()))
+    app.add_url_rule("/where", view_func=Where.as_view("where"))
+    async with serve(app) as client:
+        response = await client.get("/where")
+    assert response.json() == {"hook_on_loop": True}
+
+
+async def test_app_overriding_async_to_sync_keeps_its_override(
+    db_url: str,
+) -> None:
+    calls: list[str] = []
+
+    class OwnAsync(Flask):
+        def async_to_sync(
+            self, func: Callable[..., Coroutine[Any, Any, Any]]
+        ) -> Callable[..., Any]:
+            calls.append(func.__name__)
+            return super().async_to_sync(func)
+
+    app = OwnAsync("own", static_folder=None)
+    app.config.update(app_config(db_url))
+    AsyncApp(app)
+
+    @app.get("/where")
+    async def where() -> object:
+        await asyncio.sleep(0)
+        return {"view_on_loop": on_loop()}
+
+    @app.after_request
+    def after(response: Any) -> Any:
+        response.headers["x-after-on-loop"] = str(on_loop())
+        return response
+
+    async with serve(app) as client:
+        response = await client.get("/where")
+    assert calls == ["where"]
+    # Served from the pool: the coroutine runs on the loop, Flask around it in a thread.
+    assert response.json() == {"view_on_loop": True}
+    assert response.headers["x-after-on-loop"] == "False"
+
+
+def test_async_to_sync_without_a_loop_runs_the_coroutine() -> None:
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    assert async_to_sync(double)(21) == 42
+
+
+async def test_too_many_duplicate_headers_is_400(make_app: Callable[..., Flask]) -> None:
+    async with serve(make_app()) as client:
+        response = await client.get("/healthz", headers=[("x-dup", "1")] * 101)
+    assert response.status_code == 400
