@@ -21,6 +21,7 @@ they run on the server loop, where the scheduler lives.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -36,6 +37,7 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
+from . import metrics
 from .errors import (
     AsyncAppError,
     DatabaseUnavailable,
@@ -109,6 +111,8 @@ def _guard() -> Response | None:
     """Cap the body and check the token before any view code runs."""
     settings = _ext().settings
     request.max_content_length = settings.max_body_bytes
+    if request.endpoint == f"{BLUEPRINT}.metrics" and settings.metrics_public:
+        return None
     token = settings.api_token
     if token is None:
         return _error(
@@ -143,6 +147,16 @@ def _actor() -> Actor:
 def _json(data: Any, status: int = 200) -> Response:
     body = json.dumps(data, ensure_ascii=False, default=_json_default)
     return current_app.response_class(body, status=status, mimetype="application/json")
+
+
+async def _json_off_loop(data: Any) -> Response:
+    """:func:`_json` for large answers: serialised in a thread, not on the shared loop.
+
+    10,000 jobs take about 60 ms to serialise; on the loop that would delay every
+    request and job of the process by as much.
+    """
+    body = await asyncio.to_thread(json.dumps, data, ensure_ascii=False, default=_json_default)
+    return current_app.response_class(body, status=200, mimetype="application/json")
 
 
 def _json_default(value: Any) -> Any:
@@ -221,7 +235,7 @@ async def shutdown_scheduler() -> Response:
 
 
 async def get_jobs() -> Response:
-    return _json(await _service().list_jobs())
+    return await _json_off_loop(await _service().list_jobs())
 
 
 async def add_job() -> Response:
@@ -262,17 +276,26 @@ async def run_job(job_id: str) -> Response:
 async def get_job_runs(job_id: str) -> Response:
     query = parse_run_query(request.args.to_dict())
     page = await _service().list_runs(_job_id(job_id), query.status, query.limit, query.offset)
-    return _json(page)
+    return await _json_off_loop(page)
 
 
 async def get_runs() -> Response:
     query = parse_run_query(request.args.to_dict())
-    return _json(await _service().list_runs(None, query.status, query.limit, query.offset))
+    page = await _service().list_runs(None, query.status, query.limit, query.offset)
+    return await _json_off_loop(page)
 
 
 async def get_job_changes(job_id: str) -> Response:
     query = parse_page_query(request.args.to_dict())
     return _json(await _service().job_changes(_job_id(job_id), query.limit, query.offset))
+
+
+async def metrics_view() -> Response:
+    ext = _ext()
+    if ext.runtime.started:
+        ext.runtime.update_gauges()
+    body, content_type = await asyncio.to_thread(metrics.render)
+    return current_app.response_class(body, status=200, content_type=content_type)
 
 
 async def openapi() -> Response:
@@ -419,6 +442,15 @@ OPERATIONS: list[Operation] = [
     Operation(
         "GET", "/openapi.json", "openapi", "This OpenAPI document", prefixed=False, view=openapi
     ),
+    Operation(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics (text format); open without the token if ASYNCAPP_METRICS_PUBLIC",
+        prefixed=False,
+        view=metrics_view,
+        content_type="text/plain; version=0.0.4",
+    ),
 ]
 
 # Our exceptions to status codes: the one place where errors become responses.
@@ -468,7 +500,7 @@ def _json_routing_errors(app: Flask, code: int, prefix: str) -> None:
 
     def handle(exc: HTTPException) -> Any:
         path = request.path
-        if path == "/openapi.json" or path == prefix or path.startswith(prefix + "/"):
+        if path in ("/openapi.json", "/metrics") or path == prefix or path.startswith(prefix + "/"):
             return _http_error(exc)
         return previous(exc) if previous is not None else exc
 

@@ -22,6 +22,7 @@ from . import http
 from .adapter import FlaskToAsgi
 from .app import AsyncApp, create_app
 from .errors import DatabaseUnavailable, SettingsError
+from .watchdog import serving
 
 log = logging.getLogger("asyncapp.asgi")
 
@@ -41,11 +42,12 @@ class AsgiApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             runtime = self.ext.runtime
-            if runtime.started:
-                with http.bind(runtime.http):
+            with serving(scope.get("method", "?"), scope.get("path", "?")):
+                if runtime.started:
+                    with http.bind(runtime.http):
+                        await self.adapter(scope, receive, send)
+                else:
                     await self.adapter(scope, receive, send)
-            else:
-                await self.adapter(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:

@@ -112,6 +112,8 @@ class Dispatcher:
         self._closing = False
         #: The task running each run id of this process.
         self._runs: dict[str, asyncio.Task[None]] = {}
+        #: The run each of those tasks is running now.
+        self._current: dict[asyncio.Task[Any], Run] = {}
         self._slots = asyncio.Semaphore(runner.settings.max_running)
         runner.recorder.on_started = self.start_promoted
 
@@ -316,15 +318,25 @@ class Dispatcher:
             self.runner.abandoned.discard(run.id)
 
     async def _run_in_order(self, runs: list[Run], job: JobDef, func: Callable[..., Any]) -> None:
+        task = asyncio.current_task()
         for index, run in enumerate(runs):
             try:
                 async with self._slots:
+                    if task is not None:
+                        self._current[task] = run
                     await self.runner.run(run, job, func)
                 self._runs.pop(run.id, None)  # ended here: nothing left to abandon
             except asyncio.CancelledError:
                 for left in runs[index + 1 :]:  # claimed, never started
                     self.runner.recorder.finish(left.finish(INTERRUPTED))
                 raise
+            finally:
+                if task is not None:
+                    self._current.pop(task, None)
+
+    def run_of(self, task: asyncio.Task[Any] | None) -> Run | None:
+        """The run ``task`` is running (read by the watchdog's thread: a dict look-up)."""
+        return None if task is None else self._current.get(task)
 
     async def drain(self, grace: float) -> int:
         """Wait up to ``grace`` seconds for running jobs, then cancel the rest.

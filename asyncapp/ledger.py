@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 
 from .constants import MAX_ERROR_MESSAGE, RUNNING, RunStatus
@@ -160,3 +160,44 @@ def qualified_name(error: BaseException) -> str:
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+def prune(conn: Connection, *, older_than: datetime | None, keep_per_job: int, batch: int) -> int:
+    """Delete up to ``batch`` ended runs: older than ``older_than``, or beyond the newest
+    ``keep_per_job`` of their job.  Returns how many went; call again until it is 0.
+
+    Runs in progress or waiting are never deleted, nor their attempts.
+    """
+    final = runs_table.c.status.not_in(("running", "waiting"))
+    doomed: list[str] = []
+    if older_than is not None:
+        doomed = list(
+            conn.execute(
+                select(runs_table.c.id)
+                .where(final, runs_table.c.scheduled_for < older_than)
+                .limit(batch)
+            ).scalars()
+        )
+    if keep_per_job and len(doomed) < batch:
+        crowded = conn.execute(
+            select(runs_table.c.job_id)
+            .group_by(runs_table.c.job_id)
+            .having(func.count() > keep_per_job)
+        ).scalars()
+        for job_id in crowded:
+            doomed.extend(
+                conn.execute(
+                    select(runs_table.c.id)
+                    .where(final, runs_table.c.job_id == job_id)
+                    .order_by(runs_table.c.scheduled_for.desc())
+                    .offset(keep_per_job)
+                    .limit(batch - len(doomed))
+                ).scalars()
+            )
+            if len(doomed) >= batch:
+                break
+    if not doomed:
+        return 0
+    conn.execute(delete(attempts_table).where(attempts_table.c.run_id.in_(doomed)))
+    conn.execute(delete(runs_table).where(runs_table.c.id.in_(doomed)))
+    return len(doomed)

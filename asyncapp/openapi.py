@@ -196,6 +196,8 @@ class Operation:
     prefixed: bool = True
     #: The Flask view serving it.
     view: Callable[..., Any] | None = None
+    #: The success response's type when it is not JSON.
+    content_type: str | None = None
 
     def url(self, prefix: str) -> str:
         return (prefix if self.prefixed else "") + self.path
@@ -280,6 +282,8 @@ def _operation(op: Operation, keys: dict[Any, Any]) -> dict[str, Any]:
             "content": {"application/json": {"schema": keys[(op.body, "validation")]}},
         }
     success: dict[str, Any] = {"description": "OK" if op.status != 204 else "Done, no content"}
+    if op.content_type is not None:
+        success["content"] = {op.content_type: {"schema": {"type": "string"}}}
     if op.response is not None:
         ref = keys[(op.response, "serialization")]
         schema = {"type": "array", "items": ref} if op.many else ref

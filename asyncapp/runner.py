@@ -12,10 +12,12 @@ one succeeds or the job's retries are spent:
   out, and the thread runs on, holding its pool slot, until the function
   returns (it is logged);
 - an attempt that fails (raises, or times out) is retried after an
-  exponential backoff with full jitter: attempt *n* waits a random time
-  between 0 and ``min(ASYNCAPP_RETRY_BACKOFF * 2**(n-1), ASYNCAPP_RETRY_BACKOFF_MAX)``
-  (the spread keeps many failing jobs from retrying in step).  Each failed
-  attempt is kept under the run; the run ends with the last attempt's status;
+  exponential backoff with "equal jitter": after attempt *n* the wait is
+  ``c/2 + random(0, c/2)`` with ``c = min(ASYNCAPP_RETRY_BACKOFF * 2**(n-1),
+  ASYNCAPP_RETRY_BACKOFF_MAX)``.  The random half keeps many jobs failing
+  together from retrying in step; the fixed half makes each wait at least as
+  long as the one before (full jitter would not).  Each failed attempt is kept
+  under the run; the run ends with the last attempt's status;
 - a job that raises is logged once, at the end, with its traceback, and the
   run records the error's type and message; nothing else is affected.
 
@@ -110,11 +112,11 @@ class Runner:
         self.threads.shutdown(wait=False, cancel_futures=True)
 
     def backoff(self, attempt: int) -> float:
-        """Seconds before retrying after failed ``attempt`` (1-based): full jitter."""
+        """Seconds before retrying after failed ``attempt`` (1-based): equal jitter."""
         ceiling = min(
             self.settings.retry_backoff * 2 ** (attempt - 1), self.settings.retry_backoff_max
         )
-        return random.uniform(0, ceiling)  # noqa: S311 - spreading retries, not security
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - spreading, not security
 
     async def run(self, run: Run, job: JobDef, func: Callable[..., Any]) -> Run:
         """Run ``job``'s body for ``run`` until it succeeds or its retries are spent.

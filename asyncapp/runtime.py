@@ -30,13 +30,13 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import text
 
-from . import http
+from . import http, metrics
 from .cache import JobCache
 from .claims import Reasons
 from .cluster import SERVER, ChangeFeed, Membership
@@ -45,7 +45,7 @@ from .db import Database
 from .errors import AsyncAppError, DatabaseUnavailable, InvalidJob, NotRunning, SettingsError
 from .execution import Dispatcher, Hooks, Submission
 from .jobs import JobDef
-from .ledger import Run
+from .ledger import Run, prune
 from .results import Recorder
 from .runner import Runner
 from .scheduler import Scheduler
@@ -54,9 +54,15 @@ from .settings import Settings
 from .store import Actor, Change, JobStore
 from .tasks import Registry, Task, registry
 from .validation import parse_job_create
+from .watchdog import Watchdog
+from .watchdog import requests as watchdog_requests
 
 log = logging.getLogger("asyncapp.runtime")
 
+#: Run history is pruned this long after start, then at this interval, in batches.
+PRUNE_FIRST = 60.0
+PRUNE_EVERY = 600.0
+PRUNE_BATCH = 1000
 #: Seconds between attempts to reach the database again after a failed claim.
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 RESULTS_TIMEOUT = 10.0
@@ -123,12 +129,18 @@ class Runtime(Hooks):
         return self._part("recorder", "the run recorder")  # type: ignore[no-any-return]
 
     @property
+    def watchdog(self) -> Watchdog:
+        return self._part("watchdog", "the loop watchdog")  # type: ignore[no-any-return]
+
+    @property
     def feed(self) -> ChangeFeed:
         return self._part("feed", "the change feed")  # type: ignore[no-any-return]
 
     def _part(self, name: str, what: str) -> Any:
+        # Parts stay reachable while they are being stopped (runs being drained,
+        # the feed finishing a read): they go only once the stack is closed.
         value = self._parts.get(name)
-        if value is None or self._stack is None:
+        if value is None:
             raise NotRunning(what)
         return value
 
@@ -213,8 +225,17 @@ class Runtime(Hooks):
         stack.push_async_callback(self._drain)
         service = self._parts["service"] = JobService(db, self.tasks, settings, local=self)
         membership.start()
-        if self.role != SERVER:
-            return
+        if self.role == SERVER:
+            await self._open_scheduler(stack, db, dispatcher, service)
+        # Last: startup itself (imports, the garbage collection) holds the loop.
+        watchdog = self._parts["watchdog"] = Watchdog(settings.loop_lag_threshold, self._culprit)
+        watchdog.start()
+        stack.push_async_callback(watchdog.stop)
+
+    async def _open_scheduler(
+        self, stack: AsyncExitStack, db: Database, dispatcher: Dispatcher, service: JobService
+    ) -> None:
+        settings = self.settings
 
         store = JobStore(db)
         feed = self._parts["feed"] = ChangeFeed(db, store, settings.sync_interval, self._apply)
@@ -231,6 +252,8 @@ class Runtime(Hooks):
         stack.callback(self._stop_scheduler)
         feed.start()
         stack.push_async_callback(feed.stop)
+        pruner = asyncio.create_task(self._prune_forever(), name="asyncapp-prune")
+        stack.push_async_callback(_cancel, pruner)
         _freeze_startup_objects()
 
     def _stop_scheduler(self) -> None:
@@ -272,6 +295,11 @@ class Runtime(Hooks):
             "broken_jobs": len(cache.broken) if cache is not None else 0,
         }
 
+    def update_gauges(self) -> None:
+        """Refresh the gauges that are read, not counted (before a scrape)."""
+        metrics.DATABASE_UP.set(0 if self.db.down_since is not None else 1)
+        metrics.LIVE_PROCESSES.set(len(self.membership.live))
+
     def health(self) -> dict[str, Any]:
         """This process and the cluster as last seen, without asking the database."""
         if not self.started:
@@ -311,6 +339,43 @@ class Runtime(Hooks):
     async def ping(self) -> None:
         """One round trip to the database. :raises DatabaseUnavailable:"""
         await self.db.read(lambda conn: conn.execute(text("SELECT 1")))
+
+    async def prune(self) -> int:
+        """Delete run history beyond ``ASYNCAPP_HISTORY_DAYS`` / ``_PER_JOB``, in batches
+        (one transaction each, so claims get the write thread in between); returns how many."""
+        settings = self.settings
+        older_than = (
+            datetime.now(UTC) - timedelta(days=settings.history_days)
+            if settings.history_days
+            else None
+        )
+        total = 0
+        while True:
+            deleted = await self.db.write(
+                lambda conn: prune(
+                    conn,
+                    older_than=older_than,
+                    keep_per_job=settings.history_per_job,
+                    batch=PRUNE_BATCH,
+                )
+            )
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total
+
+    async def _prune_forever(self) -> None:
+        await asyncio.sleep(PRUNE_FIRST)
+        while True:
+            try:
+                deleted = await self.prune()
+            except DatabaseUnavailable:
+                deleted = 0
+            except Exception:
+                log.exception("pruning run history failed")
+                deleted = 0
+            if deleted:
+                log.info("pruned %d runs from the history", deleted)
+            await asyncio.sleep(PRUNE_EVERY)
 
     # -- asyncapp.service.Local ------------------------------------------------------
 
@@ -446,6 +511,19 @@ class Runtime(Hooks):
             )
             dispatcher.start_runs([run], job, self.tasks.resolve(job.func).func)
 
+    def _culprit(self, task: asyncio.Task[Any] | None) -> tuple[str, str]:
+        """What ``task`` is, for the watchdog: ("job", ...), ("request", ...) or ("other", ...)."""
+        dispatcher = self._parts.get("dispatcher")
+        run = dispatcher.run_of(task) if dispatcher is not None else None
+        if run is not None:
+            return "job", f"job {run.job_id} run {run.id}"
+        request = watchdog_requests.get(task) if task is not None else None
+        if request is not None:
+            return "request", f"request {request}"
+        if task is None:
+            return "other", "a callback outside any task (the scheduler, a database reply...)"
+        return "other", f"task {task.get_name()}"
+
     def _local_runs(self) -> list[str]:
         dispatcher = self._parts.get("dispatcher")
         return dispatcher.run_ids() if dispatcher is not None else []
@@ -575,3 +653,8 @@ async def offline_service(
         yield JobService(db, tasks, settings)
     finally:
         await db.close()
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -15,6 +15,7 @@ Call them on a running event loop; the database work happens off it.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -190,6 +191,16 @@ class JobService:
             if self.store.get(conn, job.id) is not None:
                 raise JobExists(job.id)
             self._check_call(job.func, job.args, job.kwargs)
+            if self.store.count(conn) >= self.settings.max_jobs:
+                raise InvalidJob(
+                    [
+                        {
+                            "field": "id",
+                            "message": f"the scheduler holds its limit of {self.settings.max_jobs} "
+                            "jobs (ASYNCAPP_MAX_JOBS); remove some first",
+                        }
+                    ]
+                )
             self.store.insert(conn, job, time.time())
             self.store.record(conn, action=ADD, job_id=job.id, actor=actor, detail=_diff(None, job))
             return job
@@ -424,6 +435,25 @@ class JobService:
         """The full stored form of a requested trigger (start dates resolved now)."""
         return trigger_to_spec(build_trigger(spec, self.settings.zone))
 
+    def _check_size(self, job: JobDef) -> None:
+        """Arguments must be JSON, and at most ``ASYNCAPP_MAX_ARGS_BYTES`` of it.
+
+        Every process holds every job in memory (about 2.4 bytes per byte of
+        JSON), and every change notification reloads it.
+        """
+        _check_json(job)
+        size = len(json.dumps([job.args, job.kwargs], separators=(",", ":")).encode())
+        if size > self.settings.max_args_bytes:
+            raise InvalidJob(
+                [
+                    {
+                        "field": "args",
+                        "message": f"args and kwargs take {size} bytes of JSON; at most "
+                        f"{self.settings.max_args_bytes} are allowed (ASYNCAPP_MAX_ARGS_BYTES)",
+                    }
+                ]
+            )
+
     def _check_call(self, func_ref: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         func = self.tasks.resolve(func_ref).func
         try:
@@ -463,7 +493,7 @@ class JobService:
             version=1,
         )
         _check_options(job)
-        _check_json(job)
+        self._check_size(job)
         if spec.get("paused"):
             return job
         return job.changed(next_run_time=self._first_time(trigger))
@@ -490,7 +520,7 @@ class JobService:
         updated = job.changed(**values)
         self._check_call(updated.func, updated.args, updated.kwargs)
         _check_options(updated)
-        _check_json(updated)
+        self._check_size(updated)
         paused = changes.get("paused", job.paused)
         if paused:
             updated = updated.changed(next_run_time=None)

@@ -83,8 +83,8 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(
         default=1.0,
         gt=0,
-        description="Seconds before the first retry; each next one waits twice as long, "
-        "with full jitter, up to ASYNCAPP_RETRY_BACKOFF_MAX.",
+        description="Seconds before the first retry (between half and all of it, at random); "
+        "each next one waits twice as long, up to ASYNCAPP_RETRY_BACKOFF_MAX.",
     )
     retry_backoff_max: float = Field(
         default=300.0, gt=0, description="Longest wait between two attempts, in seconds."

@@ -37,6 +37,8 @@ def reset() -> None:
         fired.clear()
         _waiters.clear()
         gates.clear()
+        attempts.clear()
+        running_now.update(count=0, peak=0)
 
 
 def _record(tag: str, **extra: Any) -> None:
@@ -154,3 +156,71 @@ async def poison(kind: str) -> None:
     """Raise an error whose message no database takes as is (see ``POISONS``)."""
     _record(f"poison:{kind}")
     raise ValueError(POISONS[kind])
+
+
+@task
+async def block(tag: str, seconds: float) -> None:
+    """Hold the event loop with ``time.sleep``: what the watchdog must name."""
+    import time
+
+    time.sleep(seconds)
+    _record(tag)
+
+
+attempts: dict[str, list[float]] = {}
+
+
+@task
+async def flaky(tag: str, failures: int) -> None:
+    """Fail ``failures`` times (per tag), then succeed; records when each attempt began."""
+    import time
+
+    began = attempts.setdefault(tag, [])
+    began.append(time.monotonic())
+    _record(f"{tag}:attempt")
+    if len(began) <= failures:
+        raise ConnectionError(f"attempt {len(began)} of {tag} failed")
+    _record(tag, attempt=current_run().attempt, key=current_run().key)
+
+
+@task
+def sync_hold(tag: str, seconds: float) -> None:
+    """A def job sleeping in its thread."""
+    import time
+
+    _record(f"{tag}:start")
+    time.sleep(seconds)
+    _record(tag)
+
+
+running_now = {"count": 0, "peak": 0}
+
+
+@task
+async def crowd(tag: str, seconds: float) -> None:
+    """Count how many of these run at once (``running_now['peak']``)."""
+    running_now["count"] += 1
+    running_now["peak"] = max(running_now["peak"], running_now["count"])
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        running_now["count"] -= 1
+    _record(tag)
+
+
+@task
+async def span(path: str, seconds: float) -> None:
+    """For overlap tests across processes: append start and end lines, sleeping between."""
+    import time
+
+    run = current_run()
+    for phase in ("start", "end"):
+        if phase == "end":
+            await asyncio.sleep(seconds)
+        scheduled = run.scheduled_for.isoformat()
+        line = f"{phase} {time.time():.6f} {os.getpid()} {run.run_id} {scheduled}\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)

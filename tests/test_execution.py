@@ -1,0 +1,298 @@
+"""How runs execute: errors, timeouts, a blocked loop named by the watchdog, retries,
+the per-process cap, def jobs in their own threads, logs, metrics, limits and pruning."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
+
+from asyncapp.runtime import Runtime
+from tests import jobs
+from tests.conftest import AUTH, serve
+
+NOW: dict[str, Any] = {"trigger": "date"}  # run_date omitted: now
+
+
+@pytest.fixture
+async def app_and_client(
+    make_app: Callable[..., Flask],
+) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
+    jobs.reset()
+    app = make_app(retry_backoff=0.05, loop_lag_threshold=0.1)
+    async with serve(app) as client:
+        yield app.extensions["asyncapp"].runtime, client
+
+
+async def add(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await client.post("/scheduler/jobs", json=body, headers=AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def settled(runtime: Runtime) -> None:
+    """Every run in progress here ended and its result is written."""
+    assert await runtime.dispatcher.drain(30) == 0
+    assert await runtime.recorder.flush(10)
+
+
+async def runs_of(client: httpx.AsyncClient, job_id: str) -> list[dict[str, Any]]:
+    response = await client.get(f"/scheduler/jobs/{job_id}/runs", headers=AUTH)
+    return response.json()["runs"]  # type: ignore[no-any-return]
+
+
+async def test_a_raising_job_is_recorded_and_logged_once_with_its_traceback(
+    app_and_client: tuple[Runtime, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime, client = app_and_client
+    caplog.set_level(logging.INFO, logger="asyncapp")
+    await add(client, id="bad", func="tests.jobs:fail", args=["boom"], **NOW)
+    await add(client, id="good", func="tests.jobs:record", args=["good"], **NOW)
+    await jobs.wait_fired("fail:boom")
+    await jobs.wait_fired("good")
+    await settled(runtime)
+    (bad,) = await runs_of(client, "bad")
+    assert (bad["status"], bad["error_type"], bad["error_message"]) == (
+        "error",
+        "ValueError",
+        "boom",
+    )
+    assert (await runs_of(client, "good"))[0]["status"] == "success"
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None and "ValueError: boom" in caplog.text
+
+
+async def test_a_hanging_job_is_cancelled_at_its_timeout(
+    app_and_client: tuple[Runtime, httpx.AsyncClient],
+) -> None:
+    runtime, client = app_and_client
+    gate = jobs.gate("hang")
+    await add(client, id="hang", func="tests.jobs:hold", args=["hang"], timeout=1, **NOW)
+    await gate.started.wait()
+    await settled(runtime)
+    (run,) = await runs_of(client, "hang")
+    assert run["status"] == "timeout"
+    assert run["error_type"] == "asyncapp.runner.JobTimeout"
+    took = datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])
+    assert timedelta(seconds=1) <= took < timedelta(seconds=2)
+    assert not gate.release.is_set() and "hang" not in [e["tag"] for e in jobs.fired]
+
+
+async def test_a_def_job_past_its_timeout_is_recorded_though_its_thread_goes_on(
+    app_and_client: tuple[Runtime, httpx.AsyncClient],
+) -> None:
+    runtime, client = app_and_client
+    await add(
+        client, id="slow", func="tests.jobs:sync_hold", args=["slow", 1.5], timeout=0.5, **NOW
+    )
+    await jobs.wait_fired("slow:start")
+    await settled(runtime)
+    (run,) = await runs_of(client, "slow")
+    assert run["status"] == "timeout"
+    threads = [entry["thread"] for entry in jobs.fired if entry["tag"] == "slow:start"]
+    assert threads[0] != threading.get_ident()  # in a thread, not on the loop
+    await jobs.wait_fired("slow")  # the thread could not be stopped; it finishes later
+
+
+async def test_a_blocking_job_is_named_by_the_watchdog_and_a_healthy_job_keeps_time(
+    app_and_client: tuple[Runtime, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime, client = app_and_client
+    caplog.set_level(logging.WARNING, logger="asyncapp.watchdog")
+    start = (datetime.now(UTC) + timedelta(seconds=0.5)).isoformat()
+    healthy = {"trigger": "interval", "seconds": 0.5, "start_date": start}
+    await add(client, id="healthy", func="tests.jobs:record", args=["healthy"], **healthy)
+    blocker = {"trigger": "interval", "seconds": 1, "start_date": start}
+    await add(client, id="blocker", func="tests.jobs:block", args=["blocked", 0.5], **blocker)
+    await jobs.wait_fired("blocked", 3, timeout=15)
+    await jobs.wait_fired("healthy", 6, timeout=15)
+    await client.post("/scheduler/pause", headers=AUTH)
+    await settled(runtime)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "asyncapp.watchdog"]
+    assert warnings, "the watchdog said nothing"
+    assert all("by job blocker run " in w for w in warnings), warnings
+    assert all("time.sleep(seconds)" in w and "jobs.py" in w for w in warnings), warnings
+    assert runtime.watchdog.held >= 3
+    healthy_runs = await runs_of(client, "healthy")
+    assert healthy_runs and all(r["status"] == "success" for r in healthy_runs)
+
+
+async def test_a_failing_job_is_retried_with_growing_delays_until_it_succeeds(
+    app_and_client: tuple[Runtime, httpx.AsyncClient],
+) -> None:
+    runtime, client = app_and_client
+    await add(client, id="flaky", func="tests.jobs:flaky", args=["flaky", 2], retries=3, **NOW)
+    (done,) = await jobs.wait_fired("flaky")
+    await settled(runtime)
+    (run,) = await runs_of(client, "flaky")
+    assert (run["status"], run["attempt"]) == ("success", 3)
+    earlier = run["attempts"]
+    assert [(a["attempt"], a["status"], a["error_type"]) for a in earlier] == [
+        (1, "error", "ConnectionError"),
+        (2, "error", "ConnectionError"),
+    ]
+    began = jobs.attempts["flaky"]
+    first, second = began[1] - began[0], began[2] - began[1]
+    assert 0.025 <= first <= 0.2 and 0.05 <= second <= 0.3  # backoff 0.05 s, then 0.1 s
+    assert second >= first
+    assert done["attempt"] == 3 and done["key"] == f"flaky@{run['scheduled_for']}"
+
+
+async def test_retries_spent_end_the_run_with_the_last_attempts_status(
+    app_and_client: tuple[Runtime, httpx.AsyncClient],
+) -> None:
+    runtime, client = app_and_client
+    await add(client, id="down", func="tests.jobs:flaky", args=["down", 10], retries=1, **NOW)
+    await jobs.wait_fired("down:attempt", 2)
+    await settled(runtime)
+    (run,) = await runs_of(client, "down")
+    assert (run["status"], run["attempt"], len(run["attempts"])) == ("error", 2, 1)
+    assert len(jobs.attempts["down"]) == 2
+
+
+async def test_the_cap_on_running_jobs_queues_the_rest(make_app: Callable[..., Flask]) -> None:
+    jobs.reset()
+    app = make_app(max_running=5)
+    async with serve(app) as client:
+        runtime = app.extensions["asyncapp"].runtime
+        at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        for i in range(50):
+            body = {"id": f"c{i}", "func": "tests.jobs:crowd", "args": ["crowd", 0.1],
+                    "trigger": "date", "run_date": at}  # fmt: skip
+            assert (await client.post("/scheduler/jobs", json=body, headers=AUTH)).is_success
+        await jobs.wait_fired("crowd", 50, timeout=30)
+        await settled(runtime)
+        page = (await client.get("/scheduler/runs?limit=100", headers=AUTH)).json()
+    assert jobs.running_now["peak"] == 5
+    lateness = sorted(
+        (datetime.fromisoformat(r["started_at"]) - datetime.fromisoformat(r["scheduled_for"]))
+        for r in page["runs"]
+    )
+    assert lateness[-1] >= timedelta(seconds=0.8)  # the last ones waited about 9 turns
+
+
+async def test_metrics_parse_and_move(app_and_client: tuple[Runtime, httpx.AsyncClient]) -> None:
+    runtime, client = app_and_client
+
+    async def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = await client.get("/metrics", headers=AUTH)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+
+    assert (await client.get("/metrics")).status_code == 401
+    before = await samples()
+    await add(client, id="counted", func="tests.jobs:record", args=["counted"], **NOW)
+    await jobs.wait_fired("counted")
+    await settled(runtime)
+    after = await samples()
+    key = ("asyncapp_runs_total", (("job", "counted"), ("status", "success")))
+    assert after[key] == before.get(key, 0) + 1
+    assert after[("asyncapp_database_up", ())] == 1
+    assert after[("asyncapp_live_processes", ())] >= 1
+    assert any(name == "asyncapp_event_loop_lag_seconds_count" for name, _ in after)
+    lateness = ("asyncapp_run_start_lateness_seconds_count", (("job", "counted"),))
+    assert after[lateness] == before.get(lateness, 0) + 1
+
+
+async def test_metrics_can_be_open_to_a_scraper(make_app: Callable[..., Flask]) -> None:
+    async with serve(make_app(metrics_public=True)) as client:
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/scheduler/jobs")).status_code == 401
+
+
+async def test_log_lines_of_a_run_carry_its_job_run_time_and_node(
+    make_app: Callable[..., Flask], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no logging configured by the app, asyncapp's handler tags the lines."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()
+    try:
+        for style in ("text", "json"):
+            jobs.reset()
+            asyncapp_logger = logging.getLogger("asyncapp")
+            for handler in list(asyncapp_logger.handlers):
+                asyncapp_logger.removeHandler(handler)
+            app = make_app(log_format=style)
+            async with serve(app) as client:
+                await add(client, id=f"logged-{style}", func="tests.jobs:record",
+                          args=[style], **NOW)  # fmt: skip
+                await jobs.wait_fired(style)
+                await settled(app.extensions["asyncapp"].runtime)
+            lines = [line for line in capsys.readouterr().err.splitlines() if "succeeded" in line]
+            assert len(lines) == 1, lines
+            if style == "text":
+                assert (
+                    f"[job=logged-{style} run=" in lines[0] and " scheduled=20" in lines[0]
+                )
+                assert " node=" in lines[0]
+            else:
+                entry = json.loads(lines[0])
+                assert entry["job_id"] == f"logged-{style}" and entry["level"] == "INFO"
+                assert entry["scheduled_for"].startswith("20") and entry["run_id"]
+    finally:
+        root.handlers[:] = saved
+        for handler in list(logging.getLogger("asyncapp").handlers):
+            logging.getLogger("asyncapp").removeHandler(handler)
+
+
+async def test_limits_on_jobs_and_argument_size_are_clear_422s(
+    make_app: Callable[..., Flask],
+) -> None:
+    async with serve(make_app(max_jobs=2, max_args_bytes=100)) as client:
+        big = {"id": "big", "func": "tests.jobs:record", "args": ["x" * 200]}
+        response = await client.post("/scheduler/jobs", json=big, headers=AUTH)
+        assert response.status_code == 422
+        assert "ASYNCAPP_MAX_ARGS_BYTES" in response.json()["errors"][0]["message"]
+        for i in range(2):
+            body = {"id": f"j{i}", "func": "tests.jobs:record", "args": ["x"], "hours": 1,
+                    "trigger": "interval"}  # fmt: skip
+            assert (await client.post("/scheduler/jobs", json=body, headers=AUTH)).is_success
+        body["id"] = "j2"
+        response = await client.post("/scheduler/jobs", json=body, headers=AUTH)
+        assert response.status_code == 422
+        assert "ASYNCAPP_MAX_JOBS" in response.json()["errors"][0]["message"]
+
+
+async def test_pruning_keeps_the_newest_runs_and_those_in_progress(
+    make_app: Callable[..., Flask],
+) -> None:
+    from asyncapp.ledger import Run
+    from asyncapp.schema import runs_table
+
+    app = make_app(history_per_job=3, history_days=7)
+    async with serve(app) as client:
+        runtime = app.extensions["asyncapp"].runtime
+        now = datetime.now(UTC)
+        rows = [
+            Run(job_id="a", scheduled_for=now - timedelta(hours=i), node="n", status="success")
+            for i in range(6)
+        ]
+        rows.append(Run(job_id="a", scheduled_for=now - timedelta(days=30), node="n"))  # running
+        rows.append(
+            Run(job_id="b", scheduled_for=now - timedelta(days=8), node="n", status="success")
+        )
+        rows.append(Run(job_id="b", scheduled_for=now, node="n", status="success"))
+        await runtime.db.write(
+            lambda conn: conn.execute(runs_table.insert(), [r.row() for r in rows])
+        )
+        assert await runtime.prune() == 4
+        page = (await client.get("/scheduler/runs?limit=100", headers=AUTH)).json()
+    kept = sorted((r["job_id"], r["status"], r["scheduled_for"]) for r in page["runs"])
+    assert [k[:2] for k in kept] == [("a", "running")] + [("a", "success")] * 3 + [("b", "success")]
+    assert asyncio.iscoroutinefunction(runtime.prune)
