@@ -91,7 +91,13 @@ def background_load(url: str, connections: int, seconds: float) -> Iterator[None
 
 
 def fan_out(
-    stack: str, upstream: str, jobs: int, call_ms: int, lead_s: float, timeout_s: float
+    stack: str,
+    upstream: str,
+    jobs: int,
+    call_ms: int,
+    lead_s: float,
+    timeout_s: float,
+    quiet_s: float,
 ) -> dict[str, float]:
     """M1: ``jobs`` one-shot jobs due at one instant, each a ``call_ms`` upstream call.
 
@@ -99,13 +105,15 @@ def fan_out(
     (upstream arrival - due time), done (distinct jobs completed),
     healthz_ms (GET /healthz sent as soon as the upstream saw the last completion),
     setup_late_s (> 0 means scheduling took longer than the lead time: invalid run).
+    Waits for every completion, for ``timeout_s``, or until ``quiet_s`` passed
+    without one, whichever comes first.
     """
     tag = _tag("m1")
     with httpx.Client(timeout=timeout_s + 10) as client:
         due = time.time() + lead_s
         _post(client, f"{stack}/bench/oneshot?n={jobs}&at={due}&ms={call_ms}&tag={tag}")
         setup_late = time.time() - due
-        client.get(f"{upstream}/wait?tag={tag}&count={jobs}&timeout={timeout_s}")
+        client.get(f"{upstream}/wait?tag={tag}&count={jobs}&timeout={timeout_s}&quiet={quiet_s}")
         before = time.perf_counter()
         client.get(f"{stack}/healthz").raise_for_status()
         healthz_ms = (time.perf_counter() - before) * 1000.0

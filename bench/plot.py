@@ -1,6 +1,6 @@
 """Plot bench/results/latest.json as grouped bars: ``python -m bench.plot [--out PNG]``.
 
-One panel per figure, bars for asyncapp, seed and ceiling (medians over runs);
+One panel per figure, bars for asyncapp, quart, seed and ceiling (medians over runs);
 a missing bar means that stack was not measured.
 """
 
@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt
 from bench.run import RESULTS
 
 REPO = Path(__file__).resolve().parent.parent
-STACKS = ("asyncapp", "seed", "ceiling")
-COLORS = {"asyncapp": "#1f77b4", "seed": "#d62728", "ceiling": "#7f7f7f"}
+STACKS = ("asyncapp", "quart", "seed", "ceiling")
+COLORS = {"asyncapp": "#1f77b4", "quart": "#2ca02c", "seed": "#d62728", "ceiling": "#7f7f7f"}
 #: (metric, field, title, log scale)
 PANELS = [
     ("M1", "makespan_s", "M1 fan-out makespan (s, log)", True),
@@ -51,7 +51,7 @@ def plot(results: Path, out: Path) -> None:
         ax.set_title(title, fontsize=10)
     meta = document["meta"]
     fig.suptitle(
-        f"asyncapp vs seed vs ceiling: medians of {meta['runs']} run(s)"
+        f"asyncapp vs quart vs seed vs ceiling: medians of {meta['runs']} run(s)"
         + (" (quick sizes)" if meta["quick"] else "")
         + f", {meta['started'][:10]}"
     )

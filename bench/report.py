@@ -42,7 +42,7 @@ FIELDS: dict[str, list[tuple[str, str]]] = {
         ("lag_p99_ms", "loop lag p99 ms"),
     ],
 }
-STACK_COLUMNS = ("asyncapp", "seed", "ceiling")
+STACK_COLUMNS = ("asyncapp", "quart", "seed", "ceiling")
 
 
 def _get(run: Run, metric: str, stack: str, field: str) -> float:
@@ -102,6 +102,8 @@ TARGETS = [
            lambda r: _ratio(r, "M3", "rps", "asyncapp", "seed"), lambda v: v >= 1.25),
     Target("M4", "req/s asyncapp/seed >= 1.0",
            lambda r: _ratio(r, "M4", "rps", "asyncapp", "seed"), lambda v: v >= 1.0),
+    Target("M4", "req/s asyncapp/quart >= 1.0",
+           lambda r: _ratio(r, "M4", "rps", "asyncapp", "quart"), lambda v: v >= 1.0),
     Target("M5", "asyncapp startup <= 3 s",
            lambda r: _get(r, "M5", "asyncapp", "startup_s"), lambda v: v <= 3),
     Target("M5", "asyncapp peak RSS (worker) <= 150 MB",

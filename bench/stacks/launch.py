@@ -7,9 +7,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-STACKS = ("asyncapp", "seed", "ceiling")
+STACKS = ("asyncapp", "quart", "seed", "ceiling")
 #: Stacks with an event loop, whose loop lag is measured (seed has threads only).
-LOOP_STACKS = ("asyncapp", "ceiling")
+LOOP_STACKS = ("asyncapp", "quart", "ceiling")
+#: Stacks whose jobs live in memory: M5 has them add their stored jobs at startup
+#: (``BENCH_STORED_JOBS``) instead of storing them through a first process.
+MEMORY_STACKS = ("quart", "seed")
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "hypercorn.toml"
 
 
@@ -45,6 +48,7 @@ def launch(stack: str, port: int, upstream: str, workdir: Path, database: Path) 
         return Launch(argv, env)
     module = {
         "asyncapp": "bench.stacks.asyncapp_app:app",
+        "quart": "bench.stacks.quart_app:app",
         "ceiling": "bench.stacks.ceiling_app:app",
     }
     if stack not in module:
