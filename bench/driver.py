@@ -48,16 +48,18 @@ def wrk_command(url: str, connections: int, seconds: float) -> list[str]:
 def parse_wrk(output: str) -> dict[str, float]:
     """Requests/s, latency p50/p99 (ms) and failed requests from ``wrk --latency`` output."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    done = re.search(r"(\d+) requests in", output)
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     sock = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     )
+    answered = bool(done and int(done.group(1)))  # else wrk prints latencies of 0
     return {
         "rps": float(rps.group(1)) if rps else math.nan,
-        "p50_ms": _ms(p50.group(1)) if p50 else math.nan,
-        "p99_ms": _ms(p99.group(1)) if p99 else math.nan,
+        "p50_ms": _ms(p50.group(1)) if p50 and answered else math.nan,
+        "p99_ms": _ms(p99.group(1)) if p99 and answered else math.nan,
         "errors": (int(non2xx.group(1)) if non2xx else 0)
         + (sum(int(g) for g in sock.groups()) if sock else 0),
     }

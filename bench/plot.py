@@ -26,7 +26,9 @@ PANELS = [
     ("M1", "makespan_s", "M1 fan-out makespan (s, log)", True),
     ("M2", "idle_lateness_p99_ms", "M2 start lateness p99, idle (ms)", False),
     ("M2", "load_lateness_p99_ms", "M2 start lateness p99, under M4 load (ms)", False),
-    ("M3", "rps", "M3 async route (req/s)", False),
+    ("M3", "rps_100", "M3 async route, 100 clients (req/s)", False),
+    ("M3", "rps_1000", "M3 async route, 1000 clients (req/s)", False),
+    ("M3", "p99_ms_1000", "M3 async route, 1000 clients: p99 (ms, log)", True),
     ("M4", "rps", "M4 sync route (req/s)", False),
     ("M5", "startup_s", "M5 startup with stored jobs (s)", False),
 ]
@@ -36,7 +38,7 @@ def plot(results: Path, out: Path) -> None:
     """Draw the panels of ``results`` into the PNG file ``out``."""
     document = json.loads(results.read_text())
     medians = document["medians"]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
     for ax, (metric, field, title, log) in zip(axes.flat, PANELS, strict=True):
         values = [medians.get(metric, {}).get(s, {}).get(field, math.nan) for s in STACKS]
         heights = [v if v is not None and math.isfinite(v) else 0.0 for v in values]
