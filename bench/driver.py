@@ -48,16 +48,18 @@ def wrk_command(url: str, connections: int, seconds: float) -> list[str]:
 def parse_wrk(output: str) -> dict[str, float]:
     """Requests/s, latency p50/p99 (ms) and failed requests from ``wrk --latency`` output."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    done = re.search(r"(\d+) requests in", output)
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     sock = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     )
+    answered = bool(done and int(done.group(1)))  # else wrk prints latencies of 0
     return {
         "rps": float(rps.group(1)) if rps else math.nan,
-        "p50_ms": _ms(p50.group(1)) if p50 else math.nan,
-        "p99_ms": _ms(p99.group(1)) if p99 else math.nan,
+        "p50_ms": _ms(p50.group(1)) if p50 and answered else math.nan,
+        "p99_ms": _ms(p99.group(1)) if p99 and answered else math.nan,
         "errors": (int(non2xx.group(1)) if non2xx else 0)
         + (sum(int(g) for g in sock.groups()) if sock else 0),
     }
@@ -91,7 +93,13 @@ def background_load(url: str, connections: int, seconds: float) -> Iterator[None
 
 
 def fan_out(
-    stack: str, upstream: str, jobs: int, call_ms: int, lead_s: float, timeout_s: float
+    stack: str,
+    upstream: str,
+    jobs: int,
+    call_ms: int,
+    lead_s: float,
+    timeout_s: float,
+    quiet_s: float,
 ) -> dict[str, float]:
     """M1: ``jobs`` one-shot jobs due at one instant, each a ``call_ms`` upstream call.
 
@@ -99,13 +107,15 @@ def fan_out(
     (upstream arrival - due time), done (distinct jobs completed),
     healthz_ms (GET /healthz sent as soon as the upstream saw the last completion),
     setup_late_s (> 0 means scheduling took longer than the lead time: invalid run).
+    Waits for every completion, for ``timeout_s``, or until ``quiet_s`` passed
+    without one, whichever comes first.
     """
     tag = _tag("m1")
     with httpx.Client(timeout=timeout_s + 10) as client:
         due = time.time() + lead_s
         _post(client, f"{stack}/bench/oneshot?n={jobs}&at={due}&ms={call_ms}&tag={tag}")
         setup_late = time.time() - due
-        client.get(f"{upstream}/wait?tag={tag}&count={jobs}&timeout={timeout_s}")
+        client.get(f"{upstream}/wait?tag={tag}&count={jobs}&timeout={timeout_s}&quiet={quiet_s}")
         before = time.perf_counter()
         client.get(f"{stack}/healthz").raise_for_status()
         healthz_ms = (time.perf_counter() - before) * 1000.0

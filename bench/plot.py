@@ -1,6 +1,6 @@
 """Plot bench/results/latest.json as grouped bars: ``python -m bench.plot [--out PNG]``.
 
-One panel per figure, bars for asyncapp, seed and ceiling (medians over runs);
+One panel per figure, bars for asyncapp, quart, seed and ceiling (medians over runs);
 a missing bar means that stack was not measured.
 """
 
@@ -19,14 +19,16 @@ import matplotlib.pyplot as plt
 from bench.run import RESULTS
 
 REPO = Path(__file__).resolve().parent.parent
-STACKS = ("asyncapp", "seed", "ceiling")
-COLORS = {"asyncapp": "#1f77b4", "seed": "#d62728", "ceiling": "#7f7f7f"}
+STACKS = ("asyncapp", "quart", "seed", "ceiling")
+COLORS = {"asyncapp": "#1f77b4", "quart": "#2ca02c", "seed": "#d62728", "ceiling": "#7f7f7f"}
 #: (metric, field, title, log scale)
 PANELS = [
     ("M1", "makespan_s", "M1 fan-out makespan (s, log)", True),
     ("M2", "idle_lateness_p99_ms", "M2 start lateness p99, idle (ms)", False),
     ("M2", "load_lateness_p99_ms", "M2 start lateness p99, under M4 load (ms)", False),
-    ("M3", "rps", "M3 async route (req/s)", False),
+    ("M3", "rps_100", "M3 async route, 100 clients (req/s)", False),
+    ("M3", "rps_1000", "M3 async route, 1000 clients (req/s)", False),
+    ("M3", "p99_ms_1000", "M3 async route, 1000 clients: p99 (ms, log)", True),
     ("M4", "rps", "M4 sync route (req/s)", False),
     ("M5", "startup_s", "M5 startup with stored jobs (s)", False),
 ]
@@ -36,7 +38,7 @@ def plot(results: Path, out: Path) -> None:
     """Draw the panels of ``results`` into the PNG file ``out``."""
     document = json.loads(results.read_text())
     medians = document["medians"]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
     for ax, (metric, field, title, log) in zip(axes.flat, PANELS, strict=True):
         values = [medians.get(metric, {}).get(s, {}).get(field, math.nan) for s in STACKS]
         heights = [v if v is not None and math.isfinite(v) else 0.0 for v in values]
@@ -51,7 +53,7 @@ def plot(results: Path, out: Path) -> None:
         ax.set_title(title, fontsize=10)
     meta = document["meta"]
     fig.suptitle(
-        f"asyncapp vs seed vs ceiling: medians of {meta['runs']} run(s)"
+        f"asyncapp vs quart vs seed vs ceiling: medians of {meta['runs']} run(s)"
         + (" (quick sizes)" if meta["quick"] else "")
         + f", {meta['started'][:10]}"
     )

@@ -5,8 +5,9 @@ Raw asyncio streams, keep-alive, GET only. Endpoints (times are Unix epoch secon
 - ``GET /delay?ms=N[&tag=T&job=J]``: answers ``200 ok`` after N milliseconds. With a
   tag, records the job number J, the arrival time (request head parsed) and the
   completion time (just before the response is written).
-- ``GET /wait?tag=T&count=C&timeout=S``: answers once C completions of tag T are
-  recorded or S seconds passed, with ``{"done": d}``.
+- ``GET /wait?tag=T&count=C&timeout=S[&quiet=Q]``: answers once C completions of
+  tag T are recorded, S seconds passed, or (with Q) Q seconds passed without a
+  completion since the last one, with ``{"done": d}``.
 - ``GET /dump?tag=T``: ``{"job": [...], "arrival": [...], "completion": [...]}``
   for tag T, then forgets the tag.
 
@@ -96,7 +97,9 @@ class Upstream:
                 record.changed.set()
             return "200 OK", b"ok"
         if url.path == "/wait":
-            done = await self._wait(query["tag"], int(query["count"]), float(query["timeout"]))
+            within = float(query["timeout"])
+            quiet = float(query.get("quiet", within))
+            done = await self._wait(query["tag"], int(query["count"]), within, quiet)
             return "200 OK", json.dumps({"done": done}).encode()
         if url.path == "/dump":
             record = self.tags.pop(query["tag"], TagRecord())
@@ -104,14 +107,18 @@ class Upstream:
             return "200 OK", json.dumps(data).encode()
         return "404 Not Found", b"not found"
 
-    async def _wait(self, tag: str, count: int, within: float) -> int:
-        """Completions of ``tag`` once ``count`` is reached or ``within`` seconds passed."""
+    async def _wait(self, tag: str, count: int, within: float, quiet: float) -> int:
+        """Completions of ``tag`` once ``count`` is reached, ``within`` seconds passed, or
+        ``quiet`` seconds passed without a completion after the first one."""
         record = self.tags.setdefault(tag, TagRecord())
         deadline = time.monotonic() + within
         while len(record.completion) < count and (left := deadline - time.monotonic()) > 0:
             record.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(record.changed.wait(), left)
+            try:
+                await asyncio.wait_for(record.changed.wait(), min(left, quiet))
+            except TimeoutError:
+                if record.completion:
+                    break
         return len(record.completion)
 
 

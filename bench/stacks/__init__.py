@@ -1,4 +1,4 @@
-"""The three stacks under test and how to start each as a real process.
+"""The four stacks under test and how to start each as a real process.
 
 Every stack serves the same bench routes, so the driver does not care which it talks to:
 

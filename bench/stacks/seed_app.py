@@ -5,6 +5,7 @@ Flask's threaded dev server (``app.run(threaded=True)``), an APScheduler
 sync ``httpx.Client`` for jobs and views. One change from the article: M1's
 one-shot jobs get ``misfire_grace_time=None``, since with the default 1 s the pool
 would drop ~97% of 2000 simultaneous jobs and the makespan would mean nothing.
+And the listen backlog is the bench's ``BACKLOG`` for every stack (see launch.py).
 
 Run: ``python -m bench.stacks.seed_app --port P``; needs ``BENCH_UPSTREAM``.
 ``BENCH_STORED_JOBS=N`` adds N hourly jobs before serving (M5).
@@ -20,6 +21,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask, Response, jsonify, request
+from werkzeug.serving import BaseWSGIServer
+
+from bench.stacks.launch import BACKLOG
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:1")
 HOURLY_START = datetime(2100, 1, 1, tzinfo=UTC)
@@ -89,6 +93,7 @@ def main() -> None:
         scheduler.add_job(idle, "interval", hours=1, start_date=HOURLY_START + timedelta(seconds=j))
     scheduler.start()
     atexit.register(lambda: scheduler.shutdown())
+    BaseWSGIServer.request_queue_size = BACKLOG
     app.run(host="127.0.0.1", port=args.port, threaded=True)
 
 
