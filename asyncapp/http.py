@@ -40,6 +40,11 @@ them:
   ``SharedClient``).
 - A body already in memory is read before the transport sees it: on a
   followed redirect, httpx-aiohttp sent a GET's empty body chunked.
+
+Each request is counted by host and status class in
+``asyncapp_http_client_requests`` (``error`` when no answer came), in the
+transport, where failures without a response are seen too (httpx's event
+hooks see only responses).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from . import metrics
 from .errors import NotRunning
 from .settings import Settings
 
@@ -117,9 +123,11 @@ class _Transport(AiohttpTransport):
             # httpx-aiohttp would send chunked even when empty (a GET with a body).
             await request.aread()
         token = _queued.set(False)
+        host = request.url.host
         try:
-            return await super().handle_async_request(request)
+            response = await super().handle_async_request(request)
         except (httpx.TransportError, aiohttp.ClientError) as exc:
+            metrics.HTTP_REQUESTS.labels(host, "error").inc()
             cause = exc.__cause__ if isinstance(exc, httpx.TransportError) else exc
             error = _httpx_error(cause) if isinstance(cause, Exception) else None
             if error is None:
@@ -127,6 +135,8 @@ class _Transport(AiohttpTransport):
             raise error(str(cause) or type(cause).__name__, request=request) from cause
         finally:
             _queued.reset(token)
+        metrics.HTTP_REQUESTS.labels(host, metrics.status_class(response.status_code)).inc()
+        return response
 
 
 class _NoCookies(httpx.Cookies):

@@ -237,9 +237,7 @@ async def test_log_lines_of_a_run_carry_its_job_run_time_and_node(
             lines = [line for line in capsys.readouterr().err.splitlines() if "succeeded" in line]
             assert len(lines) == 1, lines
             if style == "text":
-                assert (
-                    f"[job=logged-{style} run=" in lines[0] and " scheduled=20" in lines[0]
-                )
+                assert f"[job=logged-{style} run=" in lines[0] and " scheduled=20" in lines[0]
                 assert " node=" in lines[0]
             else:
                 entry = json.loads(lines[0])

@@ -224,3 +224,21 @@ async def test_stream_yields_each_chunk_as_it_arrives() -> None:
             chunks.append(chunk)
             first_read.set()
     assert chunks == [b"first", b"second"]
+
+
+async def test_requests_are_counted_by_host_and_status_class(upstream: str) -> None:
+    from asyncapp.metrics import HTTP_REQUESTS
+
+    def count(host: str, status: str) -> float:
+        return float(HTTP_REQUESTS.labels(host, status)._value.get())
+
+    before_ok, before_error = count("localhost", "2xx"), count("127.0.0.1", "error")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: connecting is refused
+        refused = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        async with shared_client() as client:
+            await client.get(f"{upstream}/echo")
+            with pytest.raises(httpx.ConnectError):
+                await client.get(refused)
+    assert count("localhost", "2xx") == before_ok + 1
+    assert count("127.0.0.1", "error") == before_error + 1
