@@ -114,6 +114,8 @@ class Dispatcher:
         self._runs: dict[str, asyncio.Task[None]] = {}
         #: The run each of those tasks is running now.
         self._current: dict[asyncio.Task[Any], Run] = {}
+        #: The job and function each job's latest run here started with.
+        self._latest: dict[str, tuple[JobDef, Callable[..., Any]]] = {}
         self._slots = asyncio.Semaphore(runner.settings.max_running)
         runner.recorder.on_started = self.start_promoted
 
@@ -281,12 +283,15 @@ class Dispatcher:
         )
         for run in runs:
             self._runs[run.id] = task
+        self._latest[job.id] = job, func
         task.add_done_callback(lambda _: self._forget(runs))
 
     def start_promoted(self, runs: list[Run]) -> None:
         """Start runs that this process took over (a waiting run, a re-run)."""
         for run in runs:
-            found = self.hooks.job_for(run.job_id)
+            # The job as cached now; else as the ended run ran it (a finished job is
+            # gone from the cache).
+            found = self.hooks.job_for(run.job_id) or self._latest.get(run.job_id)
             if found is None:
                 log.error(
                     "job %s run %s cannot be started here; it stays unended", run.job_id, run.id

@@ -210,13 +210,13 @@ async def crowd(tag: str, seconds: float) -> None:
 
 @task
 async def span(path: str, seconds: float) -> None:
-    """For overlap tests across processes: append start and end lines, sleeping between."""
+    """For overlap tests across processes: a start line, then after ``seconds`` (or when
+    cancelled) an end line."""
     import time
 
     run = current_run()
-    for phase in ("start", "end"):
-        if phase == "end":
-            await asyncio.sleep(seconds)
+
+    def write(phase: str) -> None:
         scheduled = run.scheduled_for.isoformat()
         line = f"{phase} {time.time():.6f} {os.getpid()} {run.run_id} {scheduled}\n"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -224,3 +224,9 @@ async def span(path: str, seconds: float) -> None:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+
+    write("start")
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        write("end")

@@ -48,6 +48,8 @@ async def db(url: str) -> AsyncIterator[Database]:
 
 
 async def add_job(db: Database, job_id: str = "j", **fields: Any) -> JobDef:
+    if fields.get("overlap") is None and fields.get("max_instances", 1) > 1:
+        fields["overlap"] = "allow"
     job = JobDef(
         id=job_id,
         func="tests.jobs:record",
@@ -303,3 +305,68 @@ def test_keys_of_a_chain_and_of_a_fresh_load_agree() -> None:
         reloaded = datetime.fromtimestamp(moment.timestamp(), UTC)  # the float column
         assert canonical_time(trigger, reloaded) == moment
         assert fire_time_after(trigger, None, moment - timedelta(milliseconds=1)) == moment
+
+
+# -- overlap policies ---------------------------------------------------------------
+
+
+async def test_buffer_one_waits_one_run_and_the_end_of_the_running_one_starts_it(
+    db: Database,
+) -> None:
+    from asyncapp.claims import end_runs
+
+    job = await add_job(db, overlap="buffer_one")
+    times = [NOW - timedelta(seconds=2), NOW - timedelta(seconds=1), NOW]
+    (first,) = await run_claim(db, [due(job, times[0], overlap="buffer_one")], "p1")
+    (second,) = await run_claim(db, [due(job, times[1], overlap="buffer_one")], "p2")
+    (third,) = await run_claim(db, [due(job, times[2], overlap="buffer_one")], "p2")
+    assert first.won and [run.scheduled_for for run in second.waiting] == [times[1]]
+    assert [(run.scheduled_for, run.reason) for run in third.missed] == [(times[2], OVERLAP)]
+    ended = first.won[0].finish("success")
+    recorded, started = await db.write(
+        lambda conn: end_runs(conn, db, [ended], "p1", buffered=[job.id])
+    )
+    assert recorded == 1
+    assert [(run.id, run.process_id) for run in started] == [(second.waiting[0].id, "p1")]
+    statuses = [(row.status, row.process_id) for row in await ledger(db)]
+    assert statuses == [("success", "p1"), (RUNNING, "p1"), (MISSED, None)]
+
+
+async def test_cancel_other_ends_the_running_run_and_starts_the_new_one(db: Database) -> None:
+    job = await add_job(db, overlap="cancel_other")
+    earlier, later = NOW - timedelta(seconds=1), NOW
+    (first,) = await run_claim(db, [due(job, earlier, overlap="cancel_other")], "p1")
+    (second,) = await run_claim(db, [due(job, later, overlap="cancel_other")], "p2")
+    assert second.cancelled == [(first.won[0].id, "p1")]
+    assert [run.scheduled_for for run in second.won] == [later]
+    rows = {row.id: row for row in await ledger(db)}
+    cancelled = rows[first.won[0].id]
+    assert cancelled.status == INTERRUPTED and "cancel_other" in cancelled.error_message
+    assert rows[second.won[0].id].status == RUNNING
+
+
+async def test_allow_runs_alongside_up_to_max_instances(db: Database) -> None:
+    job = await add_job(db, overlap="allow", max_instances=2)
+    times = [NOW - timedelta(seconds=2), NOW - timedelta(seconds=1), NOW]
+    outcomes = [
+        (await run_claim(db, [due(job, t, overlap="allow")], f"p{i}"))[0]
+        for i, t in enumerate(times)
+    ]
+    assert [bool(o.won) for o in outcomes] == [True, True, False]
+    assert [run.reason for run in outcomes[2].missed] == [OVERLAP]
+
+
+async def test_an_ended_run_counts_no_more_even_if_another_process_ended_it(
+    db: Database,
+) -> None:
+    """A run another process ended (cancelled) keeps that verdict when its own end comes."""
+    from asyncapp.claims import end_runs
+
+    job = await add_job(db, overlap="cancel_other")
+    (first,) = await run_claim(db, [due(job, NOW - timedelta(seconds=1), overlap="cancel_other")])
+    await run_claim(db, [due(job, NOW, overlap="cancel_other")], "p2")
+    late = first.won[0].finish("success")
+    recorded, _ = await db.write(lambda conn: end_runs(conn, db, [late], "p1"))
+    assert recorded == 0
+    rows = {row.id: row for row in await ledger(db)}
+    assert rows[late.id].status == INTERRUPTED
