@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -102,6 +103,16 @@ class JobStore:
             )
         )
         return [load(row) for row in rows]
+
+    def each(self, conn: Connection) -> Iterator[JobDef]:
+        """:meth:`all`, one job at a time."""
+        rows = conn.execute(
+            select(jobs_table).order_by(
+                jobs_table.c.next_run_time.is_(None), jobs_table.c.next_run_time, jobs_table.c.id
+            )
+        )
+        for row in rows:
+            yield load(row)
 
     def some(self, conn: Connection, job_ids: list[str]) -> dict[str, JobDef]:
         found: dict[str, JobDef] = {}
