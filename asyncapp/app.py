@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -38,8 +38,13 @@ READY_TIMEOUT = 2.0
 class AsyncApp:
     """asyncapp as a Flask extension, one per app: ``AsyncApp(app)`` or ``init_app``."""
 
-    def __init__(self, app: Flask | None = None) -> None:
+    def __init__(
+        self, app: Flask | None = None, *, job_modules: Sequence[str] | None = None
+    ) -> None:
+        """``job_modules``, when given, wins over ``ASYNCAPP_JOB_MODULES``: the modules
+        whose ``@task`` functions this app knows and whose declared schedules it runs."""
         self.app: Flask | None = None
+        self.job_modules = None if job_modules is None else list(job_modules)
         if app is not None:
             self.init_app(app)
 
@@ -52,7 +57,10 @@ class AsyncApp:
         if self.app is not None and self.app is not app:
             raise RuntimeError("an AsyncApp serves one Flask app; create one per app")
         self.app = app
-        self.settings: Settings = load_settings(app.config)
+        overrides = dict(app.config)
+        if self.job_modules is not None:
+            overrides["ASYNCAPP_JOB_MODULES"] = self.job_modules
+        self.settings: Settings = load_settings(overrides)
         self.runtime = Runtime(self.settings, run_context=app.app_context)
         app.extensions["asyncapp"] = self
         app.register_blueprint(_health_blueprint())
@@ -99,16 +107,21 @@ def extension(app: Flask) -> AsyncApp:
     return ext
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(
+    config: Mapping[str, Any] | None = None, *, job_modules: Sequence[str] | None = None
+) -> Flask:
     """The ready app: Flask with asyncapp attached; add your routes and blueprints to it.
 
-    ``config`` entries go to ``app.config``; ``ASYNCAPP_*`` keys override the environment.
+    ``config`` entries go to ``app.config``; ``ASYNCAPP_*`` keys override the
+    environment.  ``job_modules`` names the modules of your ``@task`` jobs in code
+    (instead of ``ASYNCAPP_JOB_MODULES``): the server (``to_asgi(app)``) and the
+    CLI (``flask --app yourmodule jobs ...``) then load the same jobs.
 
     :raises SettingsError: if a setting is invalid.
     """
     app = Flask("asyncapp", static_folder=None)
     app.config.update(config or {})
-    AsyncApp(app)
+    AsyncApp(app, job_modules=job_modules)
     return app
 
 

@@ -58,7 +58,10 @@ class Settings(BaseSettings):
         "cancelled and recorded as interrupted. Keep below Hypercorn's shutdown_timeout.",
     )
     worker_threads: int = Field(
-        default=128, ge=1, description="Threads serving Flask requests concurrently."
+        default=128,
+        ge=1,
+        description="Threads serving sync Flask views concurrently (async views hold none "
+        "while they await).",
     )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1, description="Largest request body accepted; larger gets 413."

@@ -202,7 +202,11 @@ class Server:
 
 
 def start_server(
-    env: dict[str, str], app: str = "asyncapp.asgi:app", port: int | None = None, workers: int = 0
+    env: dict[str, str],
+    app: str = "asyncapp.asgi:app",
+    port: int | None = None,
+    workers: int = 0,
+    cwd: Path = REPO,
 ) -> Server:
     port = port or free_port()
     full_env = {
@@ -224,7 +228,7 @@ def start_server(
             "--workers",
             str(workers),
         ],
-        cwd=REPO,
+        cwd=cwd,
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

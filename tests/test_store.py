@@ -3,9 +3,11 @@ code-declared jobs, and changes made elsewhere reaching a running app's cache.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -376,3 +378,48 @@ async def test_run_history_records_success_and_error(
         ("bad", "error", "ValueError", "boom"),
         ("good", "success", None, None),
     ]
+
+
+async def test_a_job_the_code_no_longer_declares_is_removed_at_start_but_api_jobs_stay(
+    url: str,
+    make_app: Callable[..., Flask],
+    declared_module: ModuleType,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="asyncapp")
+    async with started(
+        make_app(database_url=url, job_modules="tests.jobs,tests.jobs_declared")
+    ) as (
+        client,
+        _,
+    ):
+        assert (await client.post("/scheduler/jobs", json=SPEC, headers=AUTH)).is_success
+    # The next start runs code that does not declare "declared" any more.
+    async with started(make_app(database_url=url, job_modules="tests.jobs")) as (_, runtime):
+        listed = [job["id"] for job in await runtime.service.list_jobs()]
+        history = await runtime.service.job_changes("declared")
+    assert listed == ["keep"]
+    assert history["changes"][0]["action"] == "remove"
+    assert history["changes"][0]["source"] == "code"
+    removed = [r for r in caplog.records if "no longer declared in code, removed" in r.getMessage()]
+    assert len(removed) == 1
+
+
+async def test_job_modules_named_in_code_win_over_the_setting(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, declared_module: ModuleType
+) -> None:
+    from asyncapp import create_app
+    from tests.conftest import app_config
+
+    config = app_config(db_url)
+    config.pop("ASYNCAPP_JOB_MODULES")
+    monkeypatch.setenv("ASYNCAPP_JOB_MODULES", "tests.jobs")
+    app = create_app(config, job_modules=["tests.jobs", "tests.jobs_declared"])
+    assert app.extensions["asyncapp"].settings.job_modules == ["tests.jobs", "tests.jobs_declared"]
+    async with started(app) as (_, runtime):
+        assert [job["id"] for job in await runtime.service.list_jobs()] == ["declared"]
+    # The CLI of the same app sees the same jobs, functions included (nothing broken).
+    runner = app.test_cli_runner()
+    result = await asyncio.to_thread(runner.invoke, args=["jobs", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [(j["id"], j["broken"]) for j in json.loads(result.output)] == [("declared", False)]
