@@ -53,6 +53,7 @@ from .openapi import (
     Operation,
     RunPage,
     SchedulerInfo,
+    Upcoming,
     build_document,
 )
 from .schemas import (
@@ -62,6 +63,7 @@ from .schemas import (
     PauseRequest,
     RunQuery,
     ShutdownRequest,
+    UpcomingQuery,
     is_safe_text,
 )
 from .service import JobService
@@ -74,6 +76,7 @@ from .validation import (
     parse_pause,
     parse_run_query,
     parse_shutdown,
+    parse_upcoming_query,
 )
 
 if TYPE_CHECKING:
@@ -275,6 +278,11 @@ async def get_job_changes(job_id: str) -> Response:
     return _json(await _service().job_changes(_job_id(job_id), query.limit, query.offset))
 
 
+async def get_job_upcoming(job_id: str) -> Response:
+    query = parse_upcoming_query(request.args.to_dict())
+    return _json(await _service().upcoming(_job_id(job_id), query.count, query.after))
+
+
 async def openapi() -> Response:
     document = build_document(
         OPERATIONS, prefix=_ext().settings.api_prefix, version=_version(), functions=registry.refs()
@@ -415,6 +423,15 @@ OPERATIONS: list[Operation] = [
         response=ChangePage,
         query=PageQuery,
         view=get_job_changes,
+    ),
+    Operation(
+        "GET",
+        "/jobs/<job_id>/upcoming",
+        "get_job_upcoming",
+        "The job's next fire times, as the scheduler computes them (paused jobs too)",
+        response=Upcoming,
+        query=UpcomingQuery,
+        view=get_job_upcoming,
     ),
     Operation(
         "GET", "/openapi.json", "openapi", "This OpenAPI document", prefixed=False, view=openapi
