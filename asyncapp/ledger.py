@@ -151,11 +151,17 @@ def select_attempts(conn: Connection, run_ids: list[str]) -> dict[str, list[dict
 
 
 def qualified_name(error: BaseException) -> str:
+    """``module.Class`` of an error, as users import it: ``httpx.ConnectError``, not
+    ``httpx._exceptions.ConnectError``; builtins bare (``ValueError``)."""
     cls = type(error)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-    return storable(name, 200) or ""
+    if cls.__module__ == "builtins":
+        return storable(cls.__qualname__, 200) or ""
+    public = []
+    for part in cls.__module__.split("."):
+        if part.startswith("_"):
+            break
+        public.append(part)
+    return storable(".".join([*public, cls.__qualname__]), 200) or ""
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,9 +1,15 @@
-"""The docs match the code: every setting is in the README's table."""
+"""The docs match the code: every setting is in the README's table, and every example of
+docs/api.md runs as printed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from asyncapp.settings import Settings
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
+from tests.docrun import Reader, blocks
 
 
 def test_readme_documents_every_setting() -> None:
@@ -29,3 +35,21 @@ def test_readme_starts_with_the_two_commands() -> None:
     ]
     ci = (REPO / ".ci" / "run").read_text()
     assert commands[1] in ci, ".ci/run must call the README's test command"
+
+
+@pytest.mark.timeout(180)
+def test_every_example_of_docs_api_runs_as_printed(tmp_path: Path) -> None:
+    """docs/api.md's examples, in order, on a server with the README tour's jobs."""
+    reader = Reader(tmp_path, free_port())
+    try:
+        for language, body in blocks((REPO / "README.md").read_text()):
+            if language == "python":
+                reader.python(body)  # myjobs.py, which the examples use
+        for language, body in blocks((REPO / "docs" / "api.md").read_text()):
+            if language == "sh":
+                reader.shell(body)
+        ran = [r for r in reader.responses if r.request.url.path.endswith("/upcoming")]
+        assert ran and ran[0].json()["times"][0] == "2027-03-15T09:00:00+01:00"
+        assert len(reader.outputs) >= 10  # the CLI lines ran too
+    finally:
+        reader.close()

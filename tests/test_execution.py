@@ -294,3 +294,13 @@ async def test_pruning_keeps_the_newest_runs_and_those_in_progress(
     kept = sorted((r["job_id"], r["status"], r["scheduled_for"]) for r in page["runs"])
     assert [k[:2] for k in kept] == [("a", "running")] + [("a", "success")] * 3 + [("b", "success")]
     assert asyncio.iscoroutinefunction(runtime.prune)
+
+
+def test_error_types_are_named_as_users_import_them() -> None:
+    import httpx
+
+    from asyncapp.ledger import qualified_name
+
+    assert qualified_name(ValueError("x")) == "ValueError"
+    assert qualified_name(httpx.ConnectError("x")) == "httpx.ConnectError"
+    assert qualified_name(httpx.ReadTimeout("x")) == "httpx.ReadTimeout"
