@@ -52,6 +52,8 @@ from .runner import Runner
 
 log = logging.getLogger("asyncapp.run")
 
+#: Runs started per turn of the loop after a claim (see ``Dispatcher._claim``).
+WAVE = 32
 #: Seconds a process waits before claiming jobs another live process prefers.
 SPREAD_DELAY = 0.25
 
@@ -220,8 +222,9 @@ class Dispatcher:
         recorder.taken(promoted)
         stale: set[str] = set()
         halted: list[Submission] = []
+        starts: list[tuple[list[Run], JobDef, Callable[..., Any]]] = []
         for submission, outcome in zip(batch, outcomes, strict=True):
-            self._settle(submission, outcome)
+            self._settle(submission, outcome, starts)
             if outcome.stale:
                 stale.add(submission.job.id)
             if outcome.halted:
@@ -230,8 +233,22 @@ class Dispatcher:
             self.hooks.stale(stale)
         if halted:
             self.hooks.halted(halted)
+        for index, (runs, job, func) in enumerate(starts):
+            if index and not index % WAVE:
+                # Each run's first steps (context, request building) cost the loop
+                # about half a millisecond before its first I/O.  Started all at
+                # once, 2000 runs would send their first request only after all
+                # 2000 had taken that step; in waves, the loop sends each wave's
+                # requests before it starts the next.
+                await asyncio.sleep(0)
+            self.start_runs(runs, job, func)
 
-    def _settle(self, submission: Submission, outcome: Outcome) -> None:
+    def _settle(
+        self,
+        submission: Submission,
+        outcome: Outcome,
+        starts: list[tuple[list[Run], JobDef, Callable[..., Any]]],
+    ) -> None:
         due = submission.due
         lost = len(due.times) + (due.folded is not None) - len(outcome.won) - len(outcome.missed)
         if not due.manual and not outcome.stale and not outcome.halted:
@@ -243,7 +260,7 @@ class Dispatcher:
                     self._after(victims, outcome.won, submission.job, submission.func)
                 )
             else:
-                self.start_runs(outcome.won, submission.job, submission.func)
+                starts.append((outcome.won, submission.job, submission.func))
         for run in outcome.waiting:
             log.info(
                 "job %s run %s (%s) waits for the run in progress (overlap buffer_one)",
@@ -252,7 +269,7 @@ class Dispatcher:
                 run.scheduled_for.isoformat(),
             )
         for run in outcome.missed:
-            metrics.MISSED.labels(run.job_id, run.reason or "").inc()
+            metrics.MISSED.labels(submission.job.func, run.reason or "").inc()
             log.warning(
                 "job %s missed %s (run %s): %s",
                 run.job_id,

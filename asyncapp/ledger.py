@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,10 +54,16 @@ class Run:
         """The idempotency key of this scheduled time: the same across retries and processes."""
         return f"{self.job_id}@{self.scheduled_for.isoformat()}"
 
+    def evolve(self, **changes: Any) -> Run:
+        """A copy with ``changes``: ``dataclasses.replace`` without its checks, which cost
+        20 us a call on the path of every run."""
+        new = object.__new__(Run)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
     def finish(self, status: RunStatus, error: BaseException | None = None) -> Run:
         """This run, ended now with ``status`` (and the error's type and message)."""
-        return replace(
-            self,
+        return self.evolve(
             status=status,
             ended_at=utcnow(),
             error_type=None if error is None else qualified_name(error),

@@ -36,7 +36,7 @@ import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -128,8 +128,8 @@ class Runner:
         jitter = job.trigger.get("jitter")
         if jitter:
             await asyncio.sleep(random.uniform(0, float(jitter)))  # noqa: S311 - spreading
-        first = run = replace(run, started_at=utcnow())
-        metrics.LATENESS.labels(job.id).observe(
+        first = run = run.evolve(started_at=utcnow())
+        metrics.LATENESS.labels(job.func).observe(
             max(0.0, (run.started_at - run.scheduled_for).total_seconds())  # type: ignore[operator]
         )
         tags = {
@@ -147,7 +147,7 @@ class Runner:
                     break
                 failed = run.finish(status, error)
                 self.recorder.attempt(failed)
-                metrics.RETRIES.labels(job.id).inc()
+                metrics.RETRIES.labels(job.func).inc()
                 delay = self.backoff(run.attempt - first.attempt + 1)
                 log.warning(
                     "job %s run %s attempt %d ended %s (%s); retrying in %.2f s",
@@ -159,24 +159,24 @@ class Runner:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                run = replace(run, attempt=run.attempt + 1)
+                run = run.evolve(attempt=run.attempt + 1)
         except asyncio.CancelledError:
             if run.id in self.abandoned:
                 self.abandoned.discard(run.id)
                 log.warning("job %s run %s was ended elsewhere; stopped it here", job.id, run.id)
             else:
                 self.recorder.finish(run.finish(INTERRUPTED), buffered=job.overlap == BUFFER_ONE)
-                metrics.RUNS.labels(job.id, INTERRUPTED).inc()
+                metrics.RUNS.labels(job.func, INTERRUPTED).inc()
                 log.warning("job %s run %s interrupted", job.id, run.id)
             raise
         finally:
             metrics.RUNNING.dec()
             run_tags.reset(tags_token)
-        ended = replace(run.finish(status, error), started_at=first.started_at)
+        ended = run.finish(status, error).evolve(started_at=first.started_at)
         self.recorder.finish(ended, buffered=job.overlap == BUFFER_ONE)
         took = (ended.ended_at - first.started_at).total_seconds()  # type: ignore[operator]
-        metrics.RUNS.labels(job.id, status).inc()
-        metrics.DURATION.labels(job.id).observe(took)
+        metrics.RUNS.labels(job.func, status).inc()
+        metrics.DURATION.labels(job.func).observe(took)
         _log_end(job, ended, took, error, tags)
         return ended
 

@@ -98,13 +98,20 @@ class Watchdog:
             if time.monotonic() - self._beat <= self.threshold:
                 continue
             began = self._beat
-            kind, culprit, where = self._culprit()
+            seen = [self._culprit()]
             while not self._stop.wait(self.tick) and self._beat == began:
-                pass  # still held
+                sample = self._culprit()  # still held: by the same code?
+                if sample[1] != seen[-1][1]:
+                    seen.append(sample)
             if self._stop.is_set():
                 return
             held = time.monotonic() - began - self.tick
             self.held += 1
+            self._report(held, seen)
+
+    def _report(self, held: float, seen: list[tuple[str, str, str]]) -> None:
+        kind, culprit, where = seen[0]
+        if len({what for _, what, _ in seen}) == 1:
             metrics.LOOP_HELD.labels(kind).inc()
             log.warning(
                 "the event loop was held for %.3f s by %s%s; everything on this process waited "
@@ -114,6 +121,19 @@ class Watchdog:
                 culprit,
                 where,
             )
+            return
+        # Several tasks took turns without the loop ever being idle: many runs or
+        # requests at once, each doing a little, not one blocking call.
+        metrics.LOOP_HELD.labels("burst").inc()
+        examples = ", ".join(what for _, what, _ in seen[:3])
+        log.warning(
+            "the event loop was busy for %.3f s without a break, running %d tasks or more in "
+            "turn (%s...): a burst of work rather than one blocking call; if it repeats, "
+            "lower ASYNCAPP_MAX_RUNNING or spread the jobs' scheduled times",
+            held,
+            len(seen),
+            examples,
+        )
 
     def _culprit(self) -> tuple[str, str, str]:
         """(kind, what, where) is holding the loop, read from the loop thread's frame."""

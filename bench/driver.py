@@ -123,6 +123,7 @@ def fan_out(
     lateness_ms = [(a - due) * 1000.0 for a in data["arrival"]]
     return {
         "makespan_s": max(data["completion"], default=math.nan) - due,
+        "lateness_first_ms": min(lateness_ms, default=math.nan),
         "lateness_p50_ms": percentile(lateness_ms, 50),
         "lateness_p99_ms": percentile(lateness_ms, 99),
         "done": len(set(data["job"])),

@@ -20,6 +20,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 SERVER_CPU = 0
 LOAD_CPU = 1
+ALL_CPUS = "0,1"
 
 
 def free_port() -> int:
@@ -84,9 +85,14 @@ class Proc:
 
 
 def start(
-    name: str, cmd: Sequence[str], cpu: int, logdir: Path, env: Mapping[str, str] | None = None
+    name: str,
+    cmd: Sequence[str],
+    cpu: int | str,
+    logdir: Path,
+    env: Mapping[str, str] | None = None,
 ) -> Proc:
-    """Start ``cmd`` pinned to ``cpu`` in a new session, logging to ``logdir/name.log``."""
+    """Start ``cmd`` pinned to ``cpu`` (a CPU, or a list such as ``"0,1"``) in a new
+    session, logging to ``logdir/name.log``."""
     log = logdir / f"{name}.log"
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("ab") as out:
@@ -103,7 +109,11 @@ def start(
 
 @contextlib.contextmanager
 def running(
-    name: str, cmd: Sequence[str], cpu: int, logdir: Path, env: Mapping[str, str] | None = None
+    name: str,
+    cmd: Sequence[str],
+    cpu: int | str,
+    logdir: Path,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Proc]:
     """``start`` as a context manager that always kills the process group on exit."""
     proc = start(name, cmd, cpu, logdir, env)
@@ -128,6 +138,19 @@ def wait_ready(proc: Proc, url: str, timeout: float = 60.0) -> float:
                     return time.monotonic() - proc.started
             time.sleep(0.02)
     raise RuntimeError(f"{proc.name} not ready after {timeout} s:\n{proc.tail()}")
+
+
+def wait_workers(proc: Proc, url: str, workers: int, timeout: float = 60.0) -> None:
+    """Poll asyncapp's ``/healthz`` until ``workers`` processes heartbeat in its database."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                found = client.get(url).json()["scheduler"]["processes"]
+                if len(found) >= workers:
+                    return
+            time.sleep(0.1)
+    raise RuntimeError(f"{proc.name}: {workers} workers not up after {timeout} s:\n{proc.tail()}")
 
 
 def _tree(pid: int) -> list[int]:

@@ -19,6 +19,7 @@ M3_CLIENTS = (100, 400, 1000)
 FIELDS: dict[str, list[tuple[str, str]]] = {
     "M1": [
         ("makespan_s", "makespan s"),
+        ("lateness_first_ms", "first start late ms"),
         ("lateness_p50_ms", "start lateness p50 ms"),
         ("lateness_p99_ms", "start lateness p99 ms"),
         ("done", "jobs done"),
@@ -48,6 +49,11 @@ FIELDS: dict[str, list[tuple[str, str]]] = {
         ("runs", "runs seen"),
         ("lateness_p99_ms", "lateness p99 ms"),
         ("lag_p99_ms", "loop lag p99 ms"),
+    ],
+    "M6": [
+        (f"w{workers}_{field}", f"-w {workers}: {label}")
+        for workers in (1, 2)
+        for field, label in (("makespan_s", "makespan s"), ("done", "jobs done"))
     ],
 }
 STACK_COLUMNS = ("asyncapp", "quart", "seed", "ceiling")
@@ -103,6 +109,10 @@ TARGETS = [
            lambda r: _ratio(r, "M1", "makespan_s", "seed", "asyncapp"), lambda v: v >= 25),
     Target("M1", "asyncapp jobs done / expected = 1",
            lambda r: _share(r, "M1"), lambda v: v >= 1, worst_run=True),
+    Target("M1", "first start asyncapp - ceiling <= 200 ms",
+           lambda r: _get(r, "M1", "asyncapp", "lateness_first_ms")
+           - _get(r, "M1", "ceiling", "lateness_first_ms"),
+           lambda v: v <= 200),
     Target("M1", "asyncapp /healthz right after <= 50 ms",
            lambda r: _get(r, "M1", "asyncapp", "healthz_ms"), lambda v: v <= 50),
     *_periodic_targets("idle"),
@@ -125,6 +135,14 @@ TARGETS = [
            lambda r: _get(r, "M5", "asyncapp", "startup_s"), lambda v: v <= 3),
     Target("M5", "asyncapp peak RSS (worker) <= 150 MB",
            lambda r: _get(r, "M5", "asyncapp", "rss_mb"), lambda v: v <= 150),
+    Target("M6", "makespan -w 2 / -w 1 <= 0.7",
+           lambda r: _get(r, "M6", "asyncapp", "w2_makespan_s")
+           / _get(r, "M6", "asyncapp", "w1_makespan_s"),
+           lambda v: v <= 0.7),
+    Target("M6", "jobs done with -w 2 / expected = 1",
+           lambda r: _get(r, "M6", "asyncapp", "w2_done")
+           / _get(r, "M6", "asyncapp", "w2_expected"),
+           lambda v: v >= 1, worst_run=True),
 ]  # fmt: skip
 
 

@@ -29,13 +29,14 @@ from bench import driver, procs, report
 from bench.stacks.launch import LOOP_STACKS, MEMORY_STACKS, STACKS, launch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-METRICS = ("M1", "M2", "M3", "M4", "M5")
+METRICS = ("M1", "M2", "M3", "M4", "M5", "M6")
 METRIC_STACKS = {
     "M1": STACKS,
     "M2": STACKS,
     "M3": STACKS,
     "M4": STACKS,
     "M5": ("asyncapp", "quart", "seed"),
+    "M6": ("asyncapp",),
 }
 
 
@@ -60,12 +61,13 @@ class Sizes:
     m4_seconds: float = 10.0
     m5_stored: int = 10_000
     m5_runs: int = 10
+    m6_jobs: int = 4000
 
 
 FULL = Sizes()
 QUICK = Sizes(
     m1_jobs=500, m1_lead_s=2.0, m1_timeout_s=30.0, m1_quiet_s=6.0, m2_runs=3, m2_lead_s=1.5,
-    m3_seconds=2.0, m4_seconds=3.0, m5_stored=2000, m5_runs=2,
+    m3_seconds=2.0, m4_seconds=3.0, m5_stored=2000, m5_runs=2, m6_jobs=1000,
 )  # fmt: skip
 
 
@@ -80,19 +82,25 @@ class Bench:
 
     @contextlib.contextmanager
     def serve(
-        self, stack: str, env: dict[str, str] | None = None, database: Path | None = None
+        self,
+        stack: str,
+        env: dict[str, str] | None = None,
+        database: Path | None = None,
+        workers: int = 0,
     ) -> Iterator[tuple[str, procs.Proc, float]]:
-        """Start ``stack`` on CPU 0; yields (base URL, process, startup seconds)."""
+        """Start ``stack`` on CPU 0 (with ``workers``: on both CPUs, every worker up);
+        yields (base URL, process, startup seconds)."""
         port = procs.free_port()
         serial = next(self._serial)
         db = database or self.workdir / f"{stack}-{serial}.db"
-        how = launch(stack, port, self.upstream, self.workdir, db)
+        how = launch(stack, port, self.upstream, self.workdir, db, workers=workers)
         name = f"{stack}-{serial}"
-        with procs.running(
-            name, how.argv, procs.SERVER_CPU, self.workdir, how.env | (env or {})
-        ) as p:
+        cpu = procs.ALL_CPUS if workers else procs.SERVER_CPU
+        with procs.running(name, how.argv, cpu, self.workdir, how.env | (env or {})) as p:
             base = f"http://127.0.0.1:{port}"
             startup = procs.wait_ready(p, f"{base}/healthz")
+            if workers:
+                procs.wait_workers(p, f"{base}/healthz", workers)
             try:
                 yield base, p, startup
             except Exception:
@@ -107,6 +115,22 @@ class Bench:
                 base, self.upstream, s.m1_jobs, s.m1_call_ms, s.m1_lead_s, s.m1_timeout_s,
                 s.m1_quiet_s,
             )  # fmt: skip
+
+    def m6(self, stack: str) -> dict[str, float]:
+        """M1 with more jobs on ``-w 1`` and ``-w 2``: does a second worker add capacity?
+
+        Both on both CPUs, so the only difference is the second process.
+        """
+        s = self.sizes
+        figures: dict[str, float] = {}
+        for workers in (1, 2):
+            with self.serve(stack, workers=workers) as (base, _, _):
+                result = driver.fan_out(
+                    base, self.upstream, s.m6_jobs, s.m1_call_ms, s.m1_lead_s, s.m1_timeout_s,
+                    s.m1_quiet_s,
+                )  # fmt: skip
+            figures |= {f"w{workers}_{key}": value for key, value in result.items()}
+        return figures
 
     def m2(self, stack: str) -> dict[str, float]:
         """Periodic jobs idle (``idle_*``), then under M4's load (``load_*``, loop stacks
@@ -178,6 +202,7 @@ def run_all(
     """results[run][metric][stack] = figures, or {"error": ...} if that measurement failed."""
     measure: dict[str, Callable[[str], dict[str, float]]] = {
         "M1": bench.m1, "M2": bench.m2, "M3": bench.m3, "M4": bench.m4, "M5": bench.m5,
+        "M6": bench.m6,
     }  # fmt: skip
     results: list[dict[str, dict[str, Any]]] = []
     for run in range(runs):

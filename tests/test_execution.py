@@ -200,12 +200,12 @@ async def test_metrics_parse_and_move(app_and_client: tuple[Runtime, httpx.Async
     await jobs.wait_fired("counted")
     await settled(runtime)
     after = await samples()
-    key = ("asyncapp_runs_total", (("job", "counted"), ("status", "success")))
+    key = ("asyncapp_runs_total", (("func", "tests.jobs:record"), ("status", "success")))
     assert after[key] == before.get(key, 0) + 1
     assert after[("asyncapp_database_up", ())] == 1
     assert after[("asyncapp_live_processes", ())] >= 1
     assert any(name == "asyncapp_event_loop_lag_seconds_count" for name, _ in after)
-    lateness = ("asyncapp_run_start_lateness_seconds_count", (("job", "counted"),))
+    lateness = ("asyncapp_run_start_lateness_seconds_count", (("func", "tests.jobs:record"),))
     assert after[lateness] == before.get(lateness, 0) + 1
 
 

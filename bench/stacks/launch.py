@@ -46,8 +46,13 @@ def hypercorn_config(port: int, workdir: Path, shipped: bool) -> Path:
     return path
 
 
-def launch(stack: str, port: int, upstream: str, workdir: Path, database: Path) -> Launch:
-    """The ``Launch`` of ``stack``; asyncapp keeps its jobs and runs in ``database``."""
+def launch(
+    stack: str, port: int, upstream: str, workdir: Path, database: Path, workers: int = 0
+) -> Launch:
+    """The ``Launch`` of ``stack``; asyncapp keeps its jobs and runs in ``database``.
+
+    ``workers``: Hypercorn's worker processes for asyncapp (0: serve from the main one).
+    """
     env = {"BENCH_UPSTREAM": upstream}
     if stack == "seed":
         argv = [sys.executable, "-m", "bench.stacks.seed_app", "--port", str(port)]
@@ -61,6 +66,8 @@ def launch(stack: str, port: int, upstream: str, workdir: Path, database: Path) 
         raise ValueError(f"unknown stack {stack!r}; use one of {', '.join(STACKS)}")
     config = hypercorn_config(port, workdir, shipped=stack == "asyncapp")
     argv = [sys.executable, "-m", "hypercorn", "-c", str(config), module[stack]]
+    if workers:
+        argv[-1:-1] = ["--workers", str(workers)]
     if stack == "asyncapp":
         env |= {
             "ASYNCAPP_DATABASE_URL": f"sqlite:///{database}",
