@@ -23,6 +23,7 @@ private name used here.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import linecache
 import logging
@@ -100,9 +101,7 @@ class Watchdog:
             began = self._beat
             seen = [self._culprit()]
             while not self._stop.wait(self.tick) and self._beat == began:
-                sample = self._culprit()  # still held: by the same code?
-                if sample[1] != seen[-1][1]:
-                    seen.append(sample)
+                seen.append(self._culprit())  # still held: by the same code?
             if self._stop.is_set():
                 return
             held = time.monotonic() - began - self.tick
@@ -110,8 +109,12 @@ class Watchdog:
             self._report(held, seen)
 
     def _report(self, held: float, seen: list[tuple[str, str, str]]) -> None:
-        kind, culprit, where = seen[0]
-        if len({what for _, what, _ in seen}) == 1:
+        counts = collections.Counter(what for _, what, _ in seen)
+        top, hits = counts.most_common(1)[0]
+        kind, culprit, where = next(sample for sample in seen if sample[1] == top)
+        # One culprit in (nearly) every sample: it held the loop; the first or last
+        # sample may catch what ran just before or after it.
+        if hits >= max(1, len(seen) - 2):
             metrics.LOOP_HELD.labels(kind).inc()
             log.warning(
                 "the event loop was held for %.3f s by %s%s; everything on this process waited "
@@ -125,13 +128,13 @@ class Watchdog:
         # Several tasks took turns without the loop ever being idle: many runs or
         # requests at once, each doing a little, not one blocking call.
         metrics.LOOP_HELD.labels("burst").inc()
-        examples = ", ".join(what for _, what, _ in seen[:3])
+        examples = ", ".join(what for what, _ in counts.most_common(3))
         log.warning(
             "the event loop was busy for %.3f s without a break, running %d tasks or more in "
             "turn (%s...): a burst of work rather than one blocking call; if it repeats, "
             "lower ASYNCAPP_MAX_RUNNING or spread the jobs' scheduled times",
             held,
-            len(seen),
+            len(counts),
             examples,
         )
 

@@ -304,3 +304,25 @@ def test_error_types_are_named_as_users_import_them() -> None:
     assert qualified_name(ValueError("x")) == "ValueError"
     assert qualified_name(httpx.ConnectError("x")) == "httpx.ConnectError"
     assert qualified_name(httpx.ReadTimeout("x")) == "httpx.ReadTimeout"
+
+
+async def test_the_watchdog_names_a_request_that_blocks_the_loop(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    caplog.set_level(logging.WARNING, logger="asyncapp.watchdog")
+    app = make_app(loop_lag_threshold=0.1)
+
+    @app.get("/blocking")
+    async def blocking() -> str:
+        time.sleep(0.4)  # the mistake the watchdog is for
+        return "done"
+
+    async with serve(app) as client:
+        assert (await client.get("/blocking")).text == "done"
+        runtime = app.extensions["asyncapp"].runtime
+        await asyncio.to_thread(lambda: time.sleep(0.3))  # its report comes when the loop is free
+        assert runtime.watchdog.held >= 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "asyncapp.watchdog"]
+    assert "by request GET /blocking" in warning and "time.sleep(0.4)" in warning
