@@ -55,6 +55,7 @@ from .openapi import (
     Operation,
     RunPage,
     SchedulerInfo,
+    Upcoming,
     build_document,
 )
 from .schemas import (
@@ -64,6 +65,7 @@ from .schemas import (
     PauseRequest,
     RunQuery,
     ShutdownRequest,
+    UpcomingQuery,
     is_safe_text,
 )
 from .service import JobService
@@ -76,6 +78,7 @@ from .validation import (
     parse_pause,
     parse_run_query,
     parse_shutdown,
+    parse_upcoming_query,
 )
 
 if TYPE_CHECKING:
@@ -314,6 +317,11 @@ async def metrics_view() -> Response:
     return current_app.response_class(body, status=200, content_type=content_type)
 
 
+async def get_job_upcoming(job_id: str) -> Response:
+    query = parse_upcoming_query(request.args.to_dict())
+    return _json(await _service().upcoming(_job_id(job_id), query.count, query.after))
+
+
 async def openapi() -> Response:
     document = build_document(
         OPERATIONS, prefix=_ext().settings.api_prefix, version=_version(), functions=registry.refs()
@@ -454,6 +462,15 @@ OPERATIONS: list[Operation] = [
         response=ChangePage,
         query=PageQuery,
         view=get_job_changes,
+    ),
+    Operation(
+        "GET",
+        "/jobs/<job_id>/upcoming",
+        "get_job_upcoming",
+        "The job's next fire times, as the scheduler computes them (paused jobs too)",
+        response=Upcoming,
+        query=UpcomingQuery,
+        view=get_job_upcoming,
     ),
     Operation(
         "GET", "/openapi.json", "openapi", "This OpenAPI document", prefixed=False, view=openapi

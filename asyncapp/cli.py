@@ -5,8 +5,8 @@ trip, no token), with the same validation and the same messages as the HTTP
 API; errors are printed on stderr with exit status 1.  A change is committed
 before the command says it succeeded, and every running server applies it
 within a second (``ASYNCAPP_SYNC_INTERVAL``; at once on PostgreSQL).  Commands
-that only read (``list``, ``show``, ``runs``, ``changes``) never write, not
-even a schema upgrade.
+that only read (``list``, ``show``, ``upcoming``, ``runs``, ``changes``) never
+write, not even a schema upgrade.
 
 The CLI needs the server's settings: the same ``ASYNCAPP_DATABASE_URL`` and
 ``ASYNCAPP_JOB_MODULES`` (and working directory, for the default SQLite file
@@ -32,11 +32,16 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from .constants import RUN_STATUSES, TRIGGER_TYPES
+from .constants import DEFAULT_UPCOMING, RUN_STATUSES, TRIGGER_TYPES
 from .errors import AsyncAppError, InvalidJob
 from .service import JobService
 from .store import Actor
-from .validation import parse_job_create, parse_job_update, parse_run_query
+from .validation import (
+    parse_job_create,
+    parse_job_update,
+    parse_run_query,
+    parse_upcoming_query,
+)
 
 if TYPE_CHECKING:
     from .app import AsyncApp
@@ -118,6 +123,33 @@ def list_jobs(as_json: bool) -> None:
 def show(job_id: str, as_json: bool) -> None:
     """Show one job."""
     _print_job(_call(lambda service: service.get_job(job_id)), as_json)
+
+
+@jobs.command("upcoming")
+@click.argument("job_id")
+@click.option("--count", default=DEFAULT_UPCOMING, show_default=True, help="How many (1-100).")
+@click.option("--after", metavar="ISO", help="List times after this ISO 8601 time with offset.")
+@json_option
+def upcoming(job_id: str, count: int, after: str | None, as_json: bool) -> None:
+    """Show a job's next fire times, as the scheduler computes them (paused jobs too).
+
+    \b
+    Example: flask --app asyncapp jobs upcoming nightly --count 3 --after 2026-11-01T00:00:00Z
+    """
+    query = {"count": str(count)} | ({"after": after} if after is not None else {})
+
+    async def action(service: JobService) -> dict[str, Any]:
+        checked = parse_upcoming_query(query)
+        return await service.upcoming(job_id, checked.count, checked.after)
+
+    found = _call(action)
+    if as_json:
+        _print_json(found)
+    elif not found["times"]:
+        click.echo("No upcoming times.")
+    else:
+        for moment in found["times"]:
+            click.echo(moment)
 
 
 @jobs.command("add", context_settings={"show_default": True})

@@ -129,3 +129,5 @@ TRIGGER_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 MAX_ID_LENGTH: Final = 191  # the jobs table's id column
 MAX_ERROR_MESSAGE: Final = 2000  # characters of an error message kept in run history
 MAX_NOTE_LENGTH: Final = 500
+MAX_UPCOMING: Final = 100  # fire times one preview lists
+DEFAULT_UPCOMING: Final = 10

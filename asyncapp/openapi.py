@@ -35,6 +35,7 @@ from .schemas import (
     RunQuery,
     RunStatus,
     ShutdownRequest,
+    UpcomingQuery,
 )
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -163,6 +164,13 @@ class ChangePage(_Open):
     offset: int
 
 
+class Upcoming(_Open):
+    """A job's next fire times, soonest first: ISO 8601 strings in the trigger's time zone,
+    each with the UTC offset in force at that instant."""
+
+    times: list[str]
+
+
 ERROR_DESCRIPTIONS = {
     400: "The body is not valid JSON",
     401: "Missing or wrong bearer token",
@@ -232,8 +240,16 @@ def build_document(
         PauseRequest,
         RunQuery,
         PageQuery,
+        UpcomingQuery,
     ]
-    responses: list[type[BaseModel]] = [ErrorResponse, SchedulerInfo, Job, RunPage, ChangePage]
+    responses: list[type[BaseModel]] = [
+        ErrorResponse,
+        SchedulerInfo,
+        Job,
+        RunPage,
+        ChangePage,
+        Upcoming,
+    ]
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in requests]
     models += [(m, "serialization") for m in responses]
     keys, top = models_json_schema(models, ref_template=REF_TEMPLATE)

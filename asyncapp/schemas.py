@@ -25,9 +25,11 @@ from pydantic_core import PydanticCustomError
 
 from .constants import (
     CRON_FIELDS,
+    DEFAULT_UPCOMING,
     INTERVAL_UNITS,
     MAX_ID_LENGTH,
     MAX_NOTE_LENGTH,
+    MAX_UPCOMING,
     OverlapPolicy,
     RunStatus,
     TriggerType,
@@ -311,3 +313,39 @@ class RunQuery(BaseModel):
     status: RunStatus | None = None
     limit: int = Field(50, ge=1, le=500)
     offset: int = Field(0, ge=0, le=10**9)
+
+
+class UpcomingQuery(BaseModel):
+    """Query string of ``GET /scheduler/jobs/{job_id}/upcoming`` (values arrive as text).
+
+    ``after`` must carry a UTC offset (``Z`` or ``+HH:MM``): a time without one
+    is rejected rather than read as UTC, since near a daylight saving time
+    change a local reading can stand for two instants, or for none.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(DEFAULT_UPCOMING, ge=1, le=MAX_UPCOMING, description="How many times")
+    after: datetime | None = Field(
+        None,
+        description="ISO 8601 date-time with a UTC offset; the times listed are strictly "
+        "after it (default: now)",
+    )
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _aware_iso(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise _custom(
+                "must be an ISO 8601 date-time with a UTC offset, e.g. 2026-11-01T05:30:00Z "
+                "(in a URL, write + as %2B)"
+            ) from None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise _custom("must have a UTC offset (Z or +HH:MM); a local time can be ambiguous")
+        if not 1900 <= parsed.year <= 9000:
+            raise _custom("year must be between 1900 and 9000")
+        return parsed

@@ -15,6 +15,7 @@ Call them on a running event loop; the database work happens off it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -29,7 +30,9 @@ from .cluster import Process, read_live
 from .constants import (
     ADD,
     ALLOW,
+    DEFAULT_UPCOMING,
     JOB_OPTIONS,
+    MAX_UPCOMING,
     MODIFY,
     PAUSE,
     REMOVE,
@@ -49,7 +52,7 @@ from .ledger import Run, select_attempts, select_runs
 from .settings import Settings
 from .store import Actor, JobStore
 from .tasks import Registry
-from .triggers import build_trigger, fire_time_after, trigger_to_spec
+from .triggers import build_trigger, fire_time_after, fire_times_after, trigger_to_spec
 
 #: Job fields a PATCH may change.
 CHANGEABLE = ("func", "args", "kwargs", "trigger", "paused", *JOB_OPTIONS)
@@ -181,6 +184,38 @@ class JobService:
         if job is None:
             raise JobNotFound(job_id)
         return self._to_api(job)
+
+    async def upcoming(
+        self, job_id: str, count: int = DEFAULT_UPCOMING, after: datetime | None = None
+    ) -> dict[str, Any]:
+        """``{"times": [...]}``: the job's next ``count`` fire times strictly after ``after``.
+
+        ``after`` defaults to now.  The times come from the function the
+        scheduler fires with (:func:`~asyncapp.triggers.fire_times_after`), so
+        they follow its daylight saving time policy, and are ISO 8601 strings in
+        the trigger's time zone with the offset in force at each.  A paused job
+        is previewed too, as the times it would fire at once resumed; a job
+        whose schedule is over lists none.
+
+        :raises JobNotFound:
+        :raises InvalidJob: for a ``count`` outside 1-100, an ``after`` without a
+            UTC offset, or a job whose stored definition cannot be read.
+        """
+        errors = []
+        if not 1 <= count <= MAX_UPCOMING:
+            errors.append({"field": "count", "message": f"must be between 1 and {MAX_UPCOMING}"})
+        if after is not None and after.utcoffset() is None:
+            errors.append({"field": "after", "message": "must have a UTC offset"})
+        if errors:
+            raise InvalidJob(errors)
+        start = datetime.now(UTC) if after is None else after.astimezone(UTC)
+        job = await self.db.read(lambda conn: self._existing(conn, job_id, usable=False))
+        if job.damaged is not None:
+            raise InvalidJob([{"field": "trigger", "message": job.damaged}])
+        trigger = build_trigger(job.trigger, self.settings.zone, jitter=False)
+        # Off the loop: a sparse cron expression can take APScheduler a while.
+        times = await asyncio.to_thread(fire_times_after, trigger, start, count)
+        return {"times": [job.local(moment) for moment in times]}
 
     async def job_changes(self, job_id: str, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         """The change history of one job, newest first (kept after the job is removed)."""

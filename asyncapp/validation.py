@@ -37,6 +37,7 @@ from .schemas import (
     RunQuery,
     ShutdownRequest,
     TriggerType,
+    UpcomingQuery,
 )
 from .triggers import build_trigger
 
@@ -207,6 +208,15 @@ def parse_page_query(args: dict[str, str]) -> PageQuery:
     """Validate paging query parameters; raise InvalidJob on bad ones."""
     try:
         return PageQuery.model_validate(args)
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc)) from None
+
+
+def parse_upcoming_query(args: dict[str, str]) -> UpcomingQuery:
+    """Validate ``count`` (1-100) and ``after`` (ISO 8601 with a UTC offset; a naive time is
+    rejected, not read as UTC) of the upcoming-times query; raise InvalidJob on bad ones."""
+    try:
+        return UpcomingQuery.model_validate(args)
     except ValidationError as exc:
         raise InvalidJob(field_errors(exc)) from None
 
