@@ -24,7 +24,7 @@ from . import logs
 from .api import init_api
 from .cli import init_cli
 from .cluster import CLI
-from .dashboard import init_dashboard, warm_templates
+from .dashboard import init_dashboard
 from .errors import DatabaseUnavailable
 from .runtime import Runtime, offline_service
 from .service import JobService
@@ -66,8 +66,6 @@ class AsyncApp:
     async def start(self) -> None:
         """Start the runtime on the running loop (the ASGI lifespan calls this)."""
         await self.runtime.start()
-        if self.app is not None:
-            await asyncio.to_thread(warm_templates, self.app)
 
     async def stop(self) -> None:
         await self.runtime.stop()
