@@ -4,7 +4,8 @@ Teams with an app of their own write ``AsyncApp(app)`` (or ``ext.init_app(app)``
 and serve ``asyncapp.asgi.to_asgi(app)``; ``create_app`` does exactly that on a
 fresh Flask app.  The extension reads settings (environment, overridden by
 ``ASYNCAPP_*`` keys of the Flask config), owns the :class:`Runtime`, adds
-``/healthz`` and ``/readyz``, the management API and the ``flask jobs`` CLI.
+``/healthz`` and ``/readyz``, the management API, the ``/dashboard`` pages and
+the ``flask jobs`` CLI.
 Jobs run inside the app's application context, so ``flask.current_app`` works
 in them as in views.
 """
@@ -23,6 +24,7 @@ from . import logs
 from .api import init_api
 from .cli import init_cli
 from .cluster import CLI
+from .dashboard import init_dashboard
 from .errors import DatabaseUnavailable
 from .runtime import Runtime, offline_service
 from .service import JobService
@@ -66,6 +68,7 @@ class AsyncApp:
         app.register_blueprint(_health_blueprint())
         logs.configure(self.settings.log_level, self.settings.log_format)
         init_api(app, self)
+        init_dashboard(app, self)
         init_cli(app)
 
     async def start(self) -> None:

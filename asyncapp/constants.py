@@ -61,6 +61,16 @@ MISSED_REASONS: Final[dict[str, str]] = {
 #: A run claimed while another of its job runs, under overlap policy buffer_one.
 WAITING: Final = "waiting"
 
+#: Which jobs a listing shows: by their state, or by how their last run ended.
+JobFilter = Literal["scheduled", "paused", "broken", "failing"]
+JOB_FILTERS: Final[dict[str, str]] = {
+    "scheduled": "scheduled (not paused, not broken)",
+    "paused": "paused",
+    "broken": "broken (function not registered)",
+    "failing": "failing (last run error or timeout)",
+}
+FAILING_STATUSES: Final = (ERROR, TIMEOUT)
+
 # -- execution options ---------------------------------------------------------------
 
 OverlapPolicy = Literal["skip", "buffer_one", "allow", "cancel_other"]

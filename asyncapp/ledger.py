@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from .constants import MAX_ERROR_MESSAGE, RUNNING, RunStatus
 from .db import as_utc, storable
-from .schema import attempts_table, runs_table
+from .schema import attempts_table, jobs_table, runs_table
 
 log = logging.getLogger("asyncapp.run")
 
@@ -129,6 +129,28 @@ def select_runs(
         .offset(offset)
     )
     return [run_from_row(row) for row in rows], int(total.scalar_one())
+
+
+def latest_runs(conn: Connection, job_ids: list[str]) -> dict[str, Run]:
+    """The run (or missed record) with the latest scheduled time of each stored job, by id.
+
+    One backward step along the unique key (job, scheduled time) per job, so a
+    page of jobs costs the same however long their histories are.
+    """
+    if not job_ids:
+        return {}
+    other = runs_table.alias("later")
+    newest = (
+        select(other.c.id)
+        .where(other.c.job_id == jobs_table.c.id)
+        .order_by(other.c.scheduled_for.desc())
+        .limit(1)
+        .correlate(jobs_table)
+        .scalar_subquery()
+    )
+    newest_ids = select(newest).where(jobs_table.c.id.in_(job_ids))
+    rows = conn.execute(select(runs_table).where(runs_table.c.id.in_(newest_ids)))
+    return {row.job_id: run_from_row(row) for row in rows}
 
 
 def select_attempts(conn: Connection, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -21,6 +21,7 @@ one by one, as usual; ``node`` labels nothing here, because Prometheus adds
 
 from __future__ import annotations
 
+import math
 import os
 
 from prometheus_client import (
@@ -105,3 +106,27 @@ def render() -> tuple[bytes, str]:
 def status_class(code: int | None) -> str:
     """``2xx`` ... ``5xx``, or ``error`` when there was no response."""
     return "error" if code is None else f"{code // 100}xx"
+
+
+def loop_lag_summary() -> dict[str, float] | None:
+    """This process's event-loop lag since it started, from :data:`LOOP_LAG`.
+
+    ``{"samples": n, "mean": seconds, "p99_under": seconds}``: ``p99_under`` is
+    the smallest bucket bound that 99% of the samples are under (``inf`` past
+    the last bucket).  None before the first sample.  Reads the histogram's
+    counters only: cheap enough for every page view.
+    """
+    count = total = 0.0
+    buckets: list[tuple[float, float]] = []
+    for metric in LOOP_LAG.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_bucket"):
+                buckets.append((float(sample.labels["le"]), sample.value))
+    if not count:
+        return None
+    p99 = next((bound for bound, below in sorted(buckets) if below >= 0.99 * count), math.inf)
+    return {"samples": count, "mean": total / count, "p99_under": p99}

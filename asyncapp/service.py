@@ -31,6 +31,7 @@ from .constants import (
     ADD,
     ALLOW,
     DEFAULT_UPCOMING,
+    JOB_FILTERS,
     JOB_OPTIONS,
     MAX_UPCOMING,
     MODIFY,
@@ -43,12 +44,13 @@ from .constants import (
     SCHEDULER_RUNNING,
     SCHEDULER_STOPPED,
     SKIP,
+    JobFilter,
     SchedulerState,
 )
 from .db import Database, storable
 from .errors import InvalidJob, JobExists, JobNotFound, NotRunning
 from .jobs import JobDef
-from .ledger import Run, select_attempts, select_runs
+from .ledger import Run, latest_runs, select_attempts, select_runs
 from .settings import Settings
 from .store import Actor, JobStore
 from .tasks import Registry
@@ -120,6 +122,21 @@ class JobService:
             "processes": [process.to_dict(clock) for process in live],
         }
 
+    async def processes(self) -> dict[str, Any]:
+        """The scheduler-wide state, this process, and the live processes with their
+        heartbeat ages by the database's clock now: :meth:`scheduler_info` without
+        reading the jobs, cheap enough to poll."""
+
+        def read(conn: Connection) -> tuple[str, list[Process], float]:
+            return self.store.scheduler_state(conn), read_live(conn), self.db.clock(conn)
+
+        state, live, clock = await self.db.read(read)
+        return {
+            "state": state,
+            "process": self.local.info() if self.local is not None else {},
+            "processes": [process.to_dict(clock) for process in live],
+        }
+
     async def pause_scheduler(self, actor: Actor) -> None:
         """Stop firing in every process until resumed (state ``paused``); runs go on."""
         await self._set_state(SCHEDULER_PAUSED_STATE, actor)
@@ -177,6 +194,53 @@ class JobService:
             return "[" + ",".join(parts) + "]"
 
         return await self.db.read(read)
+
+    async def job_page(
+        self,
+        *,
+        search: str | None = None,
+        state: JobFilter | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """One page of :meth:`list_jobs`, paged and filtered in the database.
+
+        ``{"jobs": [...], "total": N, "limit": ..., "offset": ...}``; each job is
+        the API's job JSON plus ``last_run`` (the run or missed record with the
+        latest scheduled time, or None).  ``search`` matches part of the id,
+        ignoring case; ``state`` is one of :data:`~asyncapp.constants.JOB_FILTERS`.
+        Only the page's rows are read, so 10,000 jobs cost what 50 do.
+
+        :raises InvalidJob: for a bad state, limit or offset.
+        """
+        errors = []
+        if state is not None and state not in JOB_FILTERS:
+            errors.append({"field": "state", "message": f"must be one of {', '.join(JOB_FILTERS)}"})
+        if not 1 <= limit <= 1000:
+            errors.append({"field": "limit", "message": "must be between 1 and 1000"})
+        if offset < 0:
+            errors.append({"field": "offset", "message": "must be >= 0"})
+        if errors:
+            raise InvalidJob(errors)
+        registered = self.tasks.refs()
+
+        def read(conn: Connection) -> tuple[list[JobDef], int, dict[str, Run]]:
+            jobs, total = self.store.page(
+                conn,
+                search=search,
+                state=state,
+                registered=registered,
+                limit=limit,
+                offset=offset,
+            )
+            return jobs, total, latest_runs(conn, [job.id for job in jobs])
+
+        jobs, total, last = await self.db.read(read)
+        items = [
+            {**self._to_api(job), "last_run": last[job.id].to_dict() if job.id in last else None}
+            for job in jobs
+        ]
+        return {"jobs": items, "total": total, "limit": limit, "offset": offset}
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         """:raises JobNotFound:"""
@@ -422,8 +486,13 @@ class JobService:
         status: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> dict[str, Any]:
         """Runs and missed records, newest scheduled time first.
+
+        ``since`` and ``until`` (aware) keep the scheduled times in [since, until).
 
         :raises InvalidJob: for a bad status, limit or offset.
         """
@@ -441,7 +510,13 @@ class JobService:
 
         def read(conn: Connection) -> tuple[list[Run], int, dict[str, list[dict[str, Any]]]]:
             runs, total = select_runs(
-                conn, job_id=job_id, status=status, limit=limit, offset=offset
+                conn,
+                job_id=job_id,
+                status=status,
+                limit=limit,
+                offset=offset,
+                since=since,
+                until=until,
             )
             earlier = select_attempts(conn, [run.id for run in runs if run.attempt > 1])
             return runs, total, earlier

@@ -27,6 +27,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from .constants import (
+    FAILING_STATUSES,
     MISSED,
     MISSED_REASONS,
     REMOVED,
@@ -34,6 +35,7 @@ from .constants import (
     SCHEDULER_RUNNING,
     WAITING,
     ChangeSource,
+    JobFilter,
     SchedulerState,
 )
 from .db import Database, as_utc, storable
@@ -113,6 +115,54 @@ class JobStore:
         )
         for row in rows:
             yield load(row)
+
+    def page(
+        self,
+        conn: Connection,
+        *,
+        search: str | None,
+        state: JobFilter | None,
+        registered: list[str],
+        limit: int,
+        offset: int,
+    ) -> tuple[list[JobDef], int]:
+        """One page of :meth:`all`'s order, filtered in SQL, and how many jobs match in all.
+
+        ``search`` is a case-insensitive part of the id; ``state`` keeps jobs
+        that are scheduled, paused, broken (function not in ``registered``) or
+        failing (latest run ended in error or timeout).  A job whose stored
+        definition cannot be read shows as broken but is filtered by its function.
+        """
+        where = []
+        if search:
+            pattern = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(jobs_table.c.id.ilike(f"%{pattern}%", escape="\\"))
+        if state == "scheduled":
+            where += [jobs_table.c.next_run_time.is_not(None), jobs_table.c.func.in_(registered)]
+        elif state == "paused":
+            where.append(jobs_table.c.next_run_time.is_(None))
+        elif state == "broken":
+            where.append(jobs_table.c.func.not_in(registered))
+        elif state == "failing":
+            latest = (
+                select(runs_table.c.status)
+                .where(runs_table.c.job_id == jobs_table.c.id)
+                .order_by(runs_table.c.scheduled_for.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+            where.append(latest.in_(FAILING_STATUSES))
+        total = conn.execute(select(func.count()).select_from(jobs_table).where(*where))
+        rows = conn.execute(
+            select(jobs_table)
+            .where(*where)
+            .order_by(
+                jobs_table.c.next_run_time.is_(None), jobs_table.c.next_run_time, jobs_table.c.id
+            )
+            .limit(limit)
+            .offset(offset)
+        )
+        return [load(row) for row in rows], int(total.scalar_one())
 
     def some(self, conn: Connection, job_ids: list[str]) -> dict[str, JobDef]:
         found: dict[str, JobDef] = {}
