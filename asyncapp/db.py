@@ -74,7 +74,8 @@ class Database:
         :raises DatabaseUnavailable: if the database cannot be reached, or (without
             ``migrate``) its schema needs an upgrade.
         """
-        await self._submit(self._writer, self._open, migrate)
+        # Not an outage to log: the caller reports the failed start in its own words.
+        await self._submit(self._writer, self._open, migrate, outage=False)
 
     async def close(self) -> None:
         if self.engine is not None:
@@ -108,14 +109,17 @@ class Database:
         with self.engine.begin() as conn:
             return fn(conn)
 
-    async def _submit(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    async def _submit(
+        self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, outage: bool = True
+    ) -> T:
+        """Run ``fn(*args)`` on ``pool``; a failure starts an outage unless not ``outage``."""
         try:
             result = await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
+            raise self._unavailable(exc, outage) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
-                raise self._unavailable(exc) from exc
+                raise self._unavailable(exc, outage) from exc
             raise
         if self.down_since is not None:
             log.warning(
@@ -124,9 +128,9 @@ class Database:
             self.down_since = None
         return result
 
-    def _unavailable(self, exc: Exception) -> DatabaseUnavailable:
+    def _unavailable(self, exc: Exception, outage: bool) -> DatabaseUnavailable:
         detail = _one_line(exc)
-        if self.down_since is None:
+        if outage and self.down_since is None:
             self.down_since = time.monotonic()
             log.error("the database is unavailable: %s", detail)
         self.last_error = detail

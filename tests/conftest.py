@@ -167,6 +167,8 @@ class Server:
     url: str
     lines: list[str] = field(default_factory=list)
     _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    #: Set once the process closed its output: every line is in ``lines``.
+    ended: threading.Event = field(default_factory=threading.Event)
 
     def wait_for(self, text: str, timeout: float = 30) -> str:
         """Block until the server prints a line containing ``text``."""
@@ -199,6 +201,12 @@ class Server:
 
     def output(self) -> str:
         return "".join(self.lines)
+
+    def exited(self, timeout: float = 30) -> tuple[int, str]:
+        """Wait for the process to end by itself; its exit code and all its output."""
+        code = self.process.wait(timeout=timeout)
+        assert self.ended.wait(timeout=10), "the server's output did not reach its end"
+        return code, self.output()
 
 
 def start_server(
@@ -238,6 +246,7 @@ def start_server(
             for line in process.stdout:
                 server.lines.append(line)
                 server._queue.put(line)
+        server.ended.set()
         server._queue.put(None)
 
     threading.Thread(target=pump, daemon=True).start()

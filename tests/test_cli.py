@@ -169,6 +169,19 @@ def test_errors_are_messages_not_tracebacks(cli: Callable[..., Result]) -> None:
     assert "No jobs." in ok(cli("list"))
 
 
+def test_an_unreachable_database_is_one_line_with_the_reason(
+    make_app: Callable[..., Flask],
+) -> None:
+    runner = make_app(database_url="postgresql+psycopg://127.0.0.1:9/x").test_cli_runner()
+    result = runner.invoke(args=["jobs", "list"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: the database is unavailable; nothing was changed, try again shortly "
+        '(OperationalError: connection failed: connection to server at "127.0.0.1", port 9 '
+        "failed: Connection refused)\n"
+    )
+
+
 def test_changes_are_seen_by_the_app_database(
     cli: Callable[..., Result], make_app: Callable[..., Flask]
 ) -> None:
