@@ -169,6 +169,8 @@ async def test_add_job_errors(client: httpx.AsyncClient) -> None:
     assert "dup" in body["error_message"]
     body = assert_error(await client.post("/scheduler/jobs", json={"func": "os:system"}), 422)
     assert body["errors"][0]["field"] == "func" and RECORD in body["errors"][0]["message"]
+    body = assert_error(await client.post("/scheduler/jobs", json={"func": "myjobs.poll"}), 422)
+    assert body["errors"] == [{"field": "func", "message": "use module:function, e.g. myjobs:poll"}]
     body = assert_error(
         await client.post("/scheduler/jobs", json={"func": RECORD, "color": "red"}), 422
     )
