@@ -16,6 +16,10 @@ and lets it reach the interpreter, which would print it with every frame and
 chained cause: about 50 lines for an unreachable database.  Unless
 ``ASYNCAPP_DEBUG`` is true, that exception is printed as nothing more than the
 line already logged; with it, both tracebacks are printed.
+
+Every HTTP response leaves through :class:`AsgiApp`, which adds
+``X-Content-Type-Options: nosniff`` to it (Flask's answers, the adapter's 413,
+error pages alike), so no browser guesses an HTML type for a JSON error.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from .watchdog import serving
 
 log = logging.getLogger("asyncapp.asgi")
 
+#: Headers added to every HTTP response that does not set them itself.
+RESPONSE_HEADERS = ((b"x-content-type-options", b"nosniff"),)
+
 
 class AsgiApp:
     """ASGI callable for a Flask app with asyncapp attached."""
@@ -51,6 +58,7 @@ class AsgiApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            send = _with_response_headers(send)
             runtime = self.ext.runtime
             with serving(scope.get("method", "?"), scope.get("path", "?")):
                 if runtime.started:
@@ -143,6 +151,18 @@ def _print_nothing_more_for(error: BaseException) -> None:
             previous(kind, value, tb)
 
     sys.excepthook = hook
+
+
+def _with_response_headers(send: Any) -> Any:
+    async def send_with_headers(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            present = {bytes(name).lower() for name, _ in headers}
+            headers.extend(pair for pair in RESPONSE_HEADERS if pair[0] not in present)
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_headers
 
 
 def _one_line(exc: BaseException, stage: str) -> str:

@@ -376,14 +376,58 @@ async def test_without_a_configured_token_the_api_is_off(make_app: Callable[...,
         assert (await client.get("/healthz")).status_code == 200
 
 
+def allowed(response: httpx.Response) -> set[str]:
+    return set(response.headers["Allow"].replace(" ", "").split(","))
+
+
 async def test_routing_errors_under_the_prefix_are_json(client: httpx.AsyncClient) -> None:
-    assert_error(await client.get("/scheduler/nothing/here"), 404)
-    response = await client.put("/scheduler/jobs")
-    assert_error(response, 405)
-    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+    for path in ("/scheduler/nothing/here", "/scheduler/jobs/j1/nothing", "/schedulerx"):
+        response = await client.get(path)
+        if path == "/schedulerx":  # not under the prefix: Flask's own page
+            assert response.status_code == 404
+            assert response.headers["content-type"].startswith("text/html")
+        else:
+            assert assert_error(response, 404)["error_message"].startswith("The requested URL")
+    for method, path, methods in [
+        ("PUT", "/scheduler/jobs", {"GET", "HEAD", "OPTIONS", "POST"}),
+        ("POST", "/scheduler/jobs/j1", {"GET", "HEAD", "OPTIONS", "PATCH", "DELETE"}),
+        ("GET", "/scheduler/pause", {"OPTIONS", "POST"}),
+        ("DELETE", "/openapi.json", {"GET", "HEAD", "OPTIONS"}),
+    ]:
+        response = await client.request(method, path)
+        assert_error(response, 405)
+        assert allowed(response) == methods, (method, path)
     # Outside the API, Flask's own pages are untouched.
     other = await client.get("/not-the-api")
     assert other.status_code == 404 and "text/html" in other.headers["content-type"]
+
+
+async def test_every_response_says_nosniff(make_app: Callable[..., Flask]) -> None:
+    """Browsers must not guess a type: JSON errors, Flask's pages and the adapter's 413 too."""
+
+    async def oversized() -> AsyncIterator[bytes]:
+        yield b"x" * 1001
+
+    async with serve(make_app(max_body_bytes=1000)) as client:
+        job = {"id": "n", "func": RECORD, "kwargs": {"tag": "n"}, "trigger": "interval", "hours": 1}
+        responses = [
+            await client.get("/healthz"),
+            await client.get("/readyz"),
+            await client.get("/scheduler/jobs"),  # 401
+            await client.post("/scheduler/jobs", json=job, headers=AUTH),  # 200
+            await client.post("/scheduler/pause", headers=AUTH),  # 204
+            await client.get("/scheduler/jobs/missing", headers=AUTH),  # 404, JSON
+            await client.put("/scheduler/jobs", headers=AUTH),  # 405, JSON
+            await client.get("/not-the-api"),  # Flask's HTML 404
+            await client.get("/openapi.json", headers=AUTH),
+            await client.get("/metrics", headers=AUTH),
+            await client.post("/scheduler/jobs", content=b"x" * 1001, headers=AUTH),  # 413
+            await client.post("/scheduler/jobs", content=oversized(), headers=AUTH),  # 413
+        ]
+    statuses = [response.status_code for response in responses]
+    assert statuses == [200, 200, 401, 200, 204, 404, 405, 404, 200, 200, 413, 413]
+    for response in responses:
+        assert response.headers.get_list("X-Content-Type-Options") == ["nosniff"], response
 
 
 async def test_custom_prefix(make_app: Callable[..., Flask]) -> None:

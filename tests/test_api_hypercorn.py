@@ -43,7 +43,9 @@ def test_jobs_run_and_history_over_a_socket(hypercorn_server: Callable[..., Serv
         assert wait_run(client, "net")["status"] == "success"
         assert client.post("/scheduler/jobs/net/pause").json()["paused"] is True
         assert client.delete("/scheduler/jobs/net").status_code == 204
-        assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
+        document = client.get("/openapi.json")
+        assert document.json()["openapi"].startswith("3.1")
+        assert document.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_auth_and_bad_input_over_a_socket(hypercorn_server: Callable[..., Server]) -> None:
