@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from flask import Flask
 
 from asyncapp import NotRunning
 from asyncapp.asgi import to_asgi
-from tests.conftest import AUTH, Server, StartupFailed, lifespan, serve
+from tests.conftest import AUTH, REPO, Server, StartupFailed, lifespan, serve
 
 
 async def test_startup_starts_the_scheduler_and_shutdown_stops_it(
@@ -170,7 +174,39 @@ async def test_a_shutdown_failure_is_one_line_too(
     )
 
 
-def test_importing_the_default_app_starts_nothing() -> None:
-    import asyncapp.asgi
+IMPORT_STARTS_NOTHING = """
+import threading
+from pathlib import Path
 
-    assert not asyncapp.asgi.app.ext.runtime.started
+from asyncapp import NotRunning
+import asyncapp.asgi
+
+app = asyncapp.asgi.app
+assert isinstance(app, asyncapp.asgi.AsgiApp), app  # valid settings: the real app
+assert app.ext.settings.database_url.endswith("/instance/asyncapp.db")
+assert not app.ext.runtime.started
+try:
+    app.ext.runtime.scheduler
+except NotRunning:
+    pass
+else:
+    raise AssertionError("a scheduler exists after the import")
+assert threading.enumerate() == [threading.main_thread()], threading.enumerate()
+assert list(Path().iterdir()) == [], list(Path().iterdir())  # no database file, no folder
+print("nothing started")
+"""
+
+
+def test_importing_the_default_app_starts_nothing(tmp_path: Path) -> None:
+    # In a fresh interpreter: this one imported asyncapp.asgi long ago.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", IMPORT_STARTS_NOTHING],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "nothing started\n"
+    assert list(tmp_path.iterdir()) == []
