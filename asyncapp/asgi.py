@@ -38,6 +38,8 @@ from .errors import DatabaseUnavailable, SettingsError
 from .settings import debug_from_environment
 from .watchdog import serving
 
+__all__ = ["AsgiApp", "app", "to_asgi"]
+
 log = logging.getLogger("asyncapp.asgi")
 
 #: Headers added to every HTTP response that does not set them itself.
