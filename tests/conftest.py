@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ import pytest
 from flask import Flask
 
 from asyncapp import create_app
+from asyncapp.api import BLUEPRINT
 from asyncapp.asgi import to_asgi
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,6 +150,33 @@ async def loopback_site(routes: dict[str, Any]) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+IMPLIED = frozenset({"HEAD", "OPTIONS"})
+
+
+def served_api_routes(app: Flask) -> list[tuple[str, str]]:
+    """``(METHOD, path)`` of every route ``app`` serves for the management API, sorted.
+
+    A route is the API's if its endpoint is in the API's blueprint or its path is
+    under the prefix.  Paths are written as OpenAPI writes them (``{job_id}``);
+    HEAD and OPTIONS, which Flask adds to routes by itself, are left out.
+    """
+    prefix = app.extensions["asyncapp"].settings.api_prefix
+    routes = []
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        under = path == prefix or path.startswith(f"{prefix}/")
+        if rule.endpoint.startswith(f"{BLUEPRINT}.") or under:
+            routes.extend((method, path) for method in rule.methods or () if method not in IMPLIED)
+    return sorted(routes)
+
+
+def documented_routes(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(METHOD, path)`` of every operation of an OpenAPI document, sorted."""
+    return sorted(
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    )
 
 
 # -- real Hypercorn processes ---------------------------------------------------
