@@ -31,6 +31,7 @@ from flask import Flask
 from asyncapp import create_app
 from asyncapp.api import BLUEPRINT
 from asyncapp.asgi import to_asgi
+from asyncapp.runtime import Runtime
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
@@ -124,6 +125,12 @@ async def serve(flask_app: Flask) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=asgi_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
+
+
+async def settled(runtime: Runtime) -> None:
+    """Every run in progress in ``runtime`` ended and its result is written."""
+    assert await runtime.dispatcher.drain(30) == 0
+    assert await runtime.recorder.flush(10)
 
 
 @pytest.fixture
