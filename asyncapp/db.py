@@ -12,7 +12,8 @@ Every transaction commits before its ``await`` returns: there is no
 write-behind.  A driver error meaning "the database is not there or will not
 take writes" (refused connection, server gone, read-only or immutable SQLite
 file) becomes :class:`~asyncapp.errors.DatabaseUnavailable`; callers answer
-503 and apply nothing.  :attr:`Database.down_since` tells the readiness probe.
+503 and apply nothing.  :attr:`Database.down_since` tells the readiness probe;
+it is set by any failure and cleared only by a write that succeeds.
 
 On SQLite, write transactions start with ``BEGIN IMMEDIATE`` (the write lock
 up front, so two processes never deadlock upgrading a read lock) and the file
@@ -121,7 +122,9 @@ class Database:
             if exc.connection_invalidated:
                 raise self._unavailable(exc, outage) from exc
             raise
-        if self.down_since is not None:
+        # Only a write ends an outage: a read-only or immutable SQLite file still
+        # answers reads (the readiness ping, the change feed) while refusing every write.
+        if self.down_since is not None and pool is self._writer:
             log.warning(
                 "the database answers again after %.1f s", time.monotonic() - self.down_since
             )
