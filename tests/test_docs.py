@@ -5,8 +5,8 @@ from __future__ import annotations
 from asyncapp.settings import Settings
 from tests.conftest import REPO
 
-#: Settings whose README row is owed: README.md is being rewritten on another branch,
-#: so this branch may not edit it.  Empty this once the row is there (the test says so).
+#: Settings that have no README row yet.  Remove a name once its row is there: the test
+#: fails until you do, so the list cannot hide a row that is missing.
 README_ROW_OWED = ["ASYNCAPP_DEBUG"]
 
 
