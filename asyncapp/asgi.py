@@ -1,30 +1,49 @@
 """The ASGI application Hypercorn serves: lifespan plus the concurrent adapter.
 
 ``asyncapp.asgi:app`` is ``to_asgi(create_app())``.  asgiref's ``WsgiToAsgi``
-raises on the ``lifespan`` scope, after which Hypercorn runs without startup
-and shutdown (DESIGN.md Fact 2); this wrapper answers lifespan itself and
-starts and stops the app's runtime on Hypercorn's loop.
+raises on the ``lifespan`` scope, and Hypercorn then serves without startup
+and shutdown: the scheduler would never start.  This wrapper answers lifespan
+itself and starts and stops the app's runtime on Hypercorn's loop.
 
 Settings are read when the module is imported, but nothing starts until
 lifespan startup.  A bad setting does not crash the import with a traceback:
-the app then fails lifespan startup with the one-line reason, and Hypercorn
-exits non-zero.
+the app then fails lifespan startup.
+
+A failed startup (or shutdown) is one log line saying what to fix, and
+Hypercorn exits with status 1.  Hypercorn 0.18 raises ``LifespanFailureError``
+from the ``send`` of ``lifespan.startup.failed``, re-raises it from its worker
+and lets it reach the interpreter, which would print it with every frame and
+chained cause: about 50 lines for an unreachable database.  Unless
+``ASYNCAPP_DEBUG`` is true, that exception is printed as nothing more than the
+line already logged; with it, both tracebacks are printed.
+
+Every HTTP response leaves through :class:`AsgiApp`, which adds
+``X-Content-Type-Options: nosniff`` to it (Flask's answers, the adapter's 413,
+error pages alike), so no browser guesses an HTML type for a JSON error.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from types import TracebackType
 from typing import Any
 
 from flask import Flask
 
-from . import http
+from . import http, logs
 from .adapter import FlaskToAsgi
 from .app import AsyncApp, create_app
 from .errors import DatabaseUnavailable, SettingsError
+from .settings import debug_from_environment
 from .watchdog import serving
 
+__all__ = ["AsgiApp", "app", "to_asgi"]
+
 log = logging.getLogger("asyncapp.asgi")
+
+#: Headers added to every HTTP response that does not set them itself.
+RESPONSE_HEADERS = ((b"x-content-type-options", b"nosniff"),)
 
 
 class AsgiApp:
@@ -41,6 +60,7 @@ class AsgiApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            send = _with_response_headers(send)
             runtime = self.ext.runtime
             with serving(scope.get("method", "?"), scope.get("path", "?")):
                 if runtime.started:
@@ -55,26 +75,21 @@ class AsgiApp:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
+        debug = self.ext.settings.debug
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
                     await self.ext.start()
                 except Exception as exc:
-                    log.error(
-                        "startup failed: %s",
-                        _one_line(exc),
-                        exc_info=not isinstance(exc, SettingsError | DatabaseUnavailable),
-                    )
-                    await send({"type": "lifespan.startup.failed", "message": _one_line(exc)})
+                    await _failed(send, "startup", exc, debug)
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
                     await self.ext.stop()
                 except Exception as exc:
-                    log.error("shutdown failed: %s", _one_line(exc), exc_info=True)
-                    await send({"type": "lifespan.shutdown.failed", "message": _one_line(exc)})
+                    await _failed(send, "shutdown", exc, debug)
                     return
                 finally:
                     self.adapter.close()
@@ -87,12 +102,15 @@ class FailedApp:
 
     def __init__(self, error: SettingsError) -> None:
         self.error = error
+        self.debug = debug_from_environment()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
             raise RuntimeError(str(self.error))
         await receive()
-        await send({"type": "lifespan.startup.failed", "message": str(self.error)})
+        # The settings that choose the log format are among those that failed.
+        logs.configure("INFO", "text")
+        await _failed(send, "startup", self.error, self.debug)
 
 
 def to_asgi(flask_app: Flask) -> AsgiApp:
@@ -106,11 +124,56 @@ def to_asgi(flask_app: Flask) -> AsgiApp:
     return AsgiApp(flask_app, ext)
 
 
-def _one_line(exc: BaseException) -> str:
+async def _failed(send: Any, stage: str, exc: Exception, debug: bool) -> None:
+    """Log why ``stage`` failed in one line, then tell the server.
+
+    Logged as critical, so no ``ASYNCAPP_LOG_LEVEL`` hides why the process is ending.
+    """
+    reason = _one_line(exc, stage)
+    expected = isinstance(exc, SettingsError | DatabaseUnavailable)
+    hint = "" if expected or debug else " (ASYNCAPP_DEBUG=true prints the traceback)"
+    log.critical("%s failed: %s%s", stage, reason, hint, exc_info=exc if debug else None)
+    try:
+        await send({"type": f"lifespan.{stage}.failed", "message": reason})
+    except Exception as raised:
+        if not debug:
+            _print_nothing_more_for(raised)
+        raise
+
+
+def _print_nothing_more_for(error: BaseException) -> None:
+    """Print nothing for ``error`` if it ends the interpreter: its reason is logged already.
+
+    Only that exception object is affected; any other one is printed as before.
+    """
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if value is not error:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+def _with_response_headers(send: Any) -> Any:
+    async def send_with_headers(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            present = {bytes(name).lower() for name, _ in headers}
+            headers.extend(pair for pair in RESPONSE_HEADERS if pair[0] not in present)
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_headers
+
+
+def _one_line(exc: BaseException, stage: str) -> str:
     if isinstance(exc, SettingsError):
         return str(exc)
     if isinstance(exc, DatabaseUnavailable):
-        return f"cannot open the database: {exc.detail}"
+        if stage == "startup":
+            return f"cannot open the database: {exc.detail}"
+        return f"the database is unavailable: {exc.detail}"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 

@@ -33,7 +33,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from .constants import DEFAULT_UPCOMING, RUN_STATUSES, TRIGGER_TYPES
-from .errors import AsyncAppError, InvalidJob
+from .errors import AsyncAppError, DatabaseUnavailable, InvalidJob
 from .service import JobService
 from .store import Actor
 from .validation import (
@@ -100,6 +100,9 @@ def _run(coro: Awaitable[T]) -> T:
     except InvalidJob as exc:
         detail = "\n".join(f"  {e['field']}: {e['message']}" for e in exc.errors)
         raise click.ClickException(f"invalid job:\n{detail}") from None
+    except DatabaseUnavailable as exc:
+        # An operator runs the CLI: the driver's reason (host, file) helps and is not leaked.
+        raise click.ClickException(f"{exc} ({exc.detail})" if exc.detail else str(exc)) from None
     except AsyncAppError as exc:
         raise click.ClickException(str(exc)) from None
 

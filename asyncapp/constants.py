@@ -126,6 +126,12 @@ SECONDS_PER: Final[dict[str, int]] = {
     "minutes": 60,
     "seconds": 1,
 }
+#: Each trigger type as messages name it, with its article ("an interval trigger").
+TRIGGER_NAMES: Final[dict[str, str]] = {
+    "interval": "an interval trigger",
+    "cron": "a cron trigger",
+    "date": "a date trigger",
+}
 CRON_FIELDS: Final = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 COMMON_TRIGGER_FIELDS: Final = ("start_date", "end_date", "timezone", "jitter")
 TRIGGER_FIELDS: Final[dict[str, tuple[str, ...]]] = {

@@ -12,7 +12,8 @@ Every transaction commits before its ``await`` returns: there is no
 write-behind.  A driver error meaning "the database is not there or will not
 take writes" (refused connection, server gone, read-only or immutable SQLite
 file) becomes :class:`~asyncapp.errors.DatabaseUnavailable`; callers answer
-503 and apply nothing.  :attr:`Database.down_since` tells the readiness probe.
+503 and apply nothing.  :attr:`Database.down_since` tells the readiness probe;
+it is set by any failure and cleared only by a write that succeeds.
 
 On SQLite, write transactions start with ``BEGIN IMMEDIATE`` (the write lock
 up front, so two processes never deadlock upgrading a read lock) and the file
@@ -74,7 +75,8 @@ class Database:
         :raises DatabaseUnavailable: if the database cannot be reached, or (without
             ``migrate``) its schema needs an upgrade.
         """
-        await self._submit(self._writer, self._open, migrate)
+        # Not an outage to log: the caller reports the failed start in its own words.
+        await self._submit(self._writer, self._open, migrate, outage=False)
 
     async def close(self) -> None:
         if self.engine is not None:
@@ -108,25 +110,30 @@ class Database:
         with self.engine.begin() as conn:
             return fn(conn)
 
-    async def _submit(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    async def _submit(
+        self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, outage: bool = True
+    ) -> T:
+        """Run ``fn(*args)`` on ``pool``; a failure starts an outage unless not ``outage``."""
         try:
             result = await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
+            raise self._unavailable(exc, outage) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
-                raise self._unavailable(exc) from exc
+                raise self._unavailable(exc, outage) from exc
             raise
-        if self.down_since is not None:
+        # Only a write ends an outage: a read-only or immutable SQLite file still
+        # answers reads (the readiness ping, the change feed) while refusing every write.
+        if self.down_since is not None and pool is self._writer:
             log.warning(
                 "the database answers again after %.1f s", time.monotonic() - self.down_since
             )
             self.down_since = None
         return result
 
-    def _unavailable(self, exc: Exception) -> DatabaseUnavailable:
+    def _unavailable(self, exc: Exception, outage: bool) -> DatabaseUnavailable:
         detail = _one_line(exc)
-        if self.down_since is None:
+        if outage and self.down_since is None:
             self.down_since = time.monotonic()
             log.error("the database is unavailable: %s", detail)
         self.last_error = detail

@@ -1,4 +1,8 @@
-"""The default app's jobs: the seed article's hourly task, done right, and an uptime check.
+"""The default app's jobs: an hourly task that logs the time, and an uptime check.
+
+The hourly task is the usual first example of APScheduler in Flask (a
+``BackgroundScheduler`` thread calling a plain function); here it is a coroutine
+on the server loop, and each run is recorded in the run history.
 
 ``ASYNCAPP_JOB_MODULES`` defaults to this module; set it to your own modules
 to replace these examples.
@@ -19,7 +23,7 @@ from .tasks import task
 
 @task("interval", hours=1, id="hourly_task")
 async def hourly_task() -> None:
-    """Log the time, every hour (the seed's ``scheduled_task``)."""
+    """Log the time, every hour."""
     now = datetime.now(UTC).strftime("%A, %d. %B %Y %I:%M:%S %p %Z")
     current_run().logger.info("Task execution time: %s", now)
 

@@ -61,6 +61,8 @@ class Recorder:
         self._writing: list[Run] = []
         self._attempts: list[dict[str, Any]] = []
         self._buffered: set[str] = set()
+        #: Transactions holding results taken from the queue, not yet committed or failed.
+        self._in_flight = 0
         #: True while the last attempt to write results failed.
         self.failing = False
         self._wake = asyncio.Event()
@@ -124,17 +126,18 @@ class Recorder:
         batch, self._pending = self._pending, []
         attempts, self._attempts = self._attempts, []
         buffered, self._buffered = self._buffered, set()
+        self._in_flight += 1
         return functools.partial(self._write, batch=batch, attempts=attempts, buffered=buffered)
 
     def taken(self, started: list[Run]) -> None:
+        self._in_flight -= 1
         if started:
             self.on_started(started)
-        if not self._pending and not self._writing and not self._attempts:
-            self._urgent = False
-            self._idle.set()
+        self._idle_if_done()
 
     def untake(self, write: Callable[[Connection], list[Run]]) -> None:
         assert isinstance(write, functools.partial)
+        self._in_flight -= 1
         self._pending[:0] = write.keywords["batch"]
         self._attempts[:0] = write.keywords["attempts"]
         self._buffered |= write.keywords["buffered"]
@@ -143,7 +146,10 @@ class Recorder:
             self._wake.set()
 
     async def flush(self, wait: float | None = None) -> bool:
-        """Wait until everything queued is written, at most ``wait`` s; True if it was."""
+        """Wait until everything queued is written, at most ``wait`` s; True if it was.
+
+        Results a claim took into its transaction count until that transaction ends.
+        """
         if self._idle.is_set():
             return True
         self._urgent = True
@@ -163,8 +169,8 @@ class Recorder:
             if not self._urgent and 0 < len(self._pending) < self.BATCH:
                 await asyncio.sleep(self.LINGER)
             if not self._pending and not self._attempts:
-                self._urgent = False
-                self._idle.set()
+                # Results riding in a claim's transaction are written when it commits.
+                self._idle_if_done()
                 continue
             write = self.take()
             self._writing = write.keywords["batch"]  # type: ignore[attr-defined]
@@ -188,6 +194,11 @@ class Recorder:
             self.taken(started)
             if self._pending or self._attempts:
                 self._wake.set()
+
+    def _idle_if_done(self) -> None:
+        if not self._pending and not self._attempts and not self._writing and not self._in_flight:
+            self._urgent = False
+            self._idle.set()
 
     def _write(
         self,

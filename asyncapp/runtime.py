@@ -1,8 +1,9 @@
 """What lives on the server loop, and how it starts and stops.
 
 :class:`Runtime` is started by the ASGI lifespan (never at import time, so
-the debug reloader cannot start two schedulers; DESIGN.md Fact 3) and owns
-its parts on an :class:`~contextlib.AsyncExitStack`, closed in reverse order.
+the debug reloader cannot start two schedulers, and APScheduler's scheduler binds
+the loop running when it starts, which at import time is none) and owns its
+parts on an :class:`~contextlib.AsyncExitStack`, closed in reverse order.
 
 Start: open the database (migrating it under a lock), the shared client,
 import the job modules, register this process, write the code-declared

@@ -22,8 +22,9 @@ of jobs due at once, it returns after a slice and is called again at once,
 so requests and running jobs get the loop in between and the first claim is
 written while later jobs are still being planned.
 
-The scheduler runs in UTC; cron triggers carry their own time zone (DESIGN.md
-Fact 8).
+The scheduler runs in UTC, not in the host's local zone that APScheduler
+defaults to: UTC has no DST fall-back, at which APScheduler before 3.11.2 could
+loop forever.  Cron triggers carry their own time zone.
 """
 
 from __future__ import annotations

@@ -61,6 +61,11 @@ MIN_INTERVAL_SECONDS = 0.01
 JOB_ID_PATTERN = r"^[^/\x00-\x1f\x7f]+$"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 FUNC_PATTERN = f"^{_DOTTED}:{_DOTTED}$"  # module:qualname
+#: What a value that does not match each pattern is told, instead of the pattern.
+PATTERN_MESSAGES: dict[str, str] = {
+    FUNC_PATTERN: "use module:function, e.g. myjobs:poll",
+    JOB_ID_PATTERN: "must not contain '/' or control characters",
+}
 
 
 def is_safe_text(value: str) -> bool:

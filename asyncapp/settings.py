@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -136,6 +143,11 @@ class Settings(BaseSettings):
         description="Comma-separated URLs for the example uptime check; empty turns it off.",
     )
     log_level: str = Field(default="INFO", description="Level of the asyncapp loggers.")
+    debug: bool = Field(
+        default=False,
+        description="Print the traceback of a startup or shutdown failure; without it the "
+        "failure is one log line saying what to fix, and the exit code is non-zero.",
+    )
     loop_lag_threshold: float = Field(
         default=0.1,
         gt=0,
@@ -249,6 +261,17 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+def debug_from_environment() -> bool:
+    """``ASYNCAPP_DEBUG`` alone, to report settings that failed to load as a whole.
+
+    False when unset or not a boolean (then it is among the reported problems).
+    """
+    try:
+        return TypeAdapter(bool).validate_python(os.environ.get(f"{ENV_PREFIX}DEBUG", False))
+    except ValidationError:
+        return False
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:

@@ -45,7 +45,14 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .constants import CRON_FIELDS, INTERVAL_UNITS, SECONDS_PER, TRIGGER_FIELDS, TRIGGER_TYPES
+from .constants import (
+    CRON_FIELDS,
+    INTERVAL_UNITS,
+    SECONDS_PER,
+    TRIGGER_FIELDS,
+    TRIGGER_NAMES,
+    TRIGGER_TYPES,
+)
 from .errors import InvalidJob
 
 Spec = dict[str, Any]
@@ -76,7 +83,7 @@ def build_trigger(spec: Spec, default_timezone: tzinfo, *, jitter: bool = True) 
     allowed = TRIGGER_FIELDS[kind]
     for key in spec:
         if key != "type" and key not in allowed:
-            errors.append(_error(key, f"unknown field for a {kind} trigger"))
+            errors.append(_error(key, f"unknown field for {TRIGGER_NAMES[kind]}"))
     zone = _zone(spec.get("timezone"), default_timezone, errors)
     dates = {
         name: _date(name, spec.get(name), errors)

@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
-from .constants import JOB_OPTIONS, SECONDS_PER
+from .constants import JOB_OPTIONS, SECONDS_PER, TRIGGER_NAMES
 from .errors import InvalidJob
 from .schemas import (
     ALL_TRIGGER_FIELDS,
@@ -27,6 +28,7 @@ from .schemas import (
     INTERVAL_FIELDS,
     MAX_INTERVAL_SECONDS,
     MIN_INTERVAL_SECONDS,
+    PATTERN_MESSAGES,
     TRIGGER_FIELDS,
     JobCreate,
     JobFields,
@@ -48,12 +50,22 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     A value that fails every member of a union gets one entry, its messages joined.
     """
     merged: dict[str, list[str]] = {}
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+    for error in exc.errors(include_url=False, include_input=False):
         # pydantic adds the union member's type to the location; clients want the field.
         loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
-        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        message = _message(error)
         merged.setdefault(".".join(loc) or "body", []).append(message)
     return [{"field": field, "message": "; ".join(messages)} for field, messages in merged.items()]
+
+
+def _message(error: ErrorDetails) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "string_pattern_mismatch":
+        # pydantic's message quotes the regular expression; say what the form is instead.
+        pattern = error.get("ctx", {}).get("pattern", "")
+        return PATTERN_MESSAGES.get(pattern, "is not in the accepted form")
+    return error["msg"]
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "NestedTrigger"})
@@ -92,7 +104,7 @@ def _trigger_spec(model: JobFields, trigger: TriggerType | NestedTrigger) -> dic
     else:
         kind = trigger
     errors = [
-        {"field": name, "message": f"does not apply to a {kind} trigger"}
+        {"field": name, "message": f"does not apply to {TRIGGER_NAMES[kind]}"}
         for name in sorted(values)
         if name not in TRIGGER_FIELDS[kind]
     ]

@@ -80,7 +80,7 @@ def _share(run: Run, metric: str, prefix: str = "") -> float:
 
 @dataclass(frozen=True)
 class Target:
-    """One target of the issue: a per-run value, combined over runs, and a threshold."""
+    """One target the bench judges: a per-run value, combined over runs, and a threshold."""
 
     metric: str
     text: str

@@ -42,7 +42,7 @@ METRIC_STACKS = {
 
 @dataclass(frozen=True)
 class Sizes:
-    """Workload sizes; ``FULL`` is the issue's, ``QUICK`` a smoke test of every path."""
+    """Workload sizes; ``FULL`` the ones the targets are set for, ``QUICK`` a smoke test."""
 
     m1_jobs: int = 2000
     m1_call_ms: int = 200

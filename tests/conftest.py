@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -28,7 +29,9 @@ import pytest
 from flask import Flask
 
 from asyncapp import create_app
+from asyncapp.api import BLUEPRINT
 from asyncapp.asgi import to_asgi
+from asyncapp.runtime import Runtime
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
@@ -124,6 +127,12 @@ async def serve(flask_app: Flask) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+async def settled(runtime: Runtime) -> None:
+    """Every run in progress in ``runtime`` ended and its result is written."""
+    assert await runtime.dispatcher.drain(30) == 0
+    assert await runtime.recorder.flush(10)
+
+
 @pytest.fixture
 async def asgi_client(make_app: Callable[..., Flask]) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a started default test app (ASGI, in process)."""
@@ -150,6 +159,33 @@ async def loopback_site(routes: dict[str, Any]) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+IMPLIED = frozenset({"HEAD", "OPTIONS"})
+
+
+def served_api_routes(app: Flask) -> list[tuple[str, str]]:
+    """``(METHOD, path)`` of every route ``app`` serves for the management API, sorted.
+
+    A route is the API's if its endpoint is in the API's blueprint or its path is
+    under the prefix.  Paths are written as OpenAPI writes them (``{job_id}``);
+    HEAD and OPTIONS, which Flask adds to routes by itself, are left out.
+    """
+    prefix = app.extensions["asyncapp"].settings.api_prefix
+    routes = []
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        under = path == prefix or path.startswith(f"{prefix}/")
+        if rule.endpoint.startswith(f"{BLUEPRINT}.") or under:
+            routes.extend((method, path) for method in rule.methods or () if method not in IMPLIED)
+    return sorted(routes)
+
+
+def documented_routes(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(METHOD, path)`` of every operation of an OpenAPI document, sorted."""
+    return sorted(
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    )
+
+
 # -- real Hypercorn processes ---------------------------------------------------
 
 
@@ -167,6 +203,8 @@ class Server:
     url: str
     lines: list[str] = field(default_factory=list)
     _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    #: Set once the process closed its output: every line is in ``lines``.
+    ended: threading.Event = field(default_factory=threading.Event)
 
     def wait_for(self, text: str, timeout: float = 30) -> str:
         """Block until the server prints a line containing ``text``."""
@@ -199,6 +237,12 @@ class Server:
 
     def output(self) -> str:
         return "".join(self.lines)
+
+    def exited(self, timeout: float = 30) -> tuple[int, str]:
+        """Wait for the process to end by itself; its exit code and all its output."""
+        code = self.process.wait(timeout=timeout)
+        assert self.ended.wait(timeout=10), "the server's output did not reach its end"
+        return code, self.output()
 
 
 def start_server(
@@ -242,6 +286,7 @@ def start_server(
             for line in process.stdout:
                 server.lines.append(line)
                 server._queue.put(line)
+        server.ended.set()
         server._queue.put(None)
 
     threading.Thread(target=pump, daemon=True).start()

@@ -11,8 +11,9 @@ import pytest
 from flask import Flask
 
 from asyncapp.app import OPEN_ENDPOINTS
+from asyncapp.runtime import Runtime
 from tests import jobs
-from tests.conftest import AUTH, serve
+from tests.conftest import AUTH, documented_routes, serve, served_api_routes, settled
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,10 +33,24 @@ OUR_FIELDS = {"coalesce", "jitter", "timezone", "paused", "broken"}
 
 
 @pytest.fixture
-async def client(asgi_client: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
+async def served(
+    make_app: Callable[..., Flask],
+) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     jobs.reset()
-    asgi_client.headers.update(AUTH)
-    yield asgi_client
+    app = make_app()
+    async with serve(app) as client:
+        client.headers.update(AUTH)
+        yield client, app.extensions["asyncapp"].runtime
+
+
+@pytest.fixture
+def client(served: tuple[httpx.AsyncClient, Runtime]) -> httpx.AsyncClient:
+    return served[0]
+
+
+@pytest.fixture
+def runtime(served: tuple[httpx.AsyncClient, Runtime]) -> Runtime:
+    return served[1]
 
 
 async def add(client: httpx.AsyncClient, job_id: str = "j1", **fields: Any) -> dict[str, Any]:
@@ -60,14 +75,13 @@ def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
-async def wait_run(client: httpx.AsyncClient, job_id: str, status: str) -> dict[str, Any]:
-    for _ in range(200):
-        page = (await client.get(f"/scheduler/jobs/{job_id}/runs")).json()
-        done = [run for run in page["runs"] if run["status"] == status]
-        if done:
-            return done[0]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no {status} run of {job_id}: {page}")
+async def ended_runs(
+    client: httpx.AsyncClient, runtime: Runtime, job_id: str
+) -> list[dict[str, Any]]:
+    """The runs of ``job_id``, newest first, once every run started here has ended."""
+    await settled(runtime)
+    runs: list[dict[str, Any]] = (await client.get(f"/scheduler/jobs/{job_id}/runs")).json()["runs"]
+    return runs
 
 
 # -- scheduler ------------------------------------------------------------------------
@@ -169,6 +183,8 @@ async def test_add_job_errors(client: httpx.AsyncClient) -> None:
     assert "dup" in body["error_message"]
     body = assert_error(await client.post("/scheduler/jobs", json={"func": "os:system"}), 422)
     assert body["errors"][0]["field"] == "func" and RECORD in body["errors"][0]["message"]
+    body = assert_error(await client.post("/scheduler/jobs", json={"func": "myjobs.poll"}), 422)
+    assert body["errors"] == [{"field": "func", "message": "use module:function, e.g. myjobs:poll"}]
     body = assert_error(
         await client.post("/scheduler/jobs", json={"func": RECORD, "color": "red"}), 422
     )
@@ -260,7 +276,7 @@ async def test_pause_and_resume_job(client: httpx.AsyncClient) -> None:
 
 
 async def test_run_fires_coroutine_on_the_server_loop_and_records_it(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, runtime: Runtime
 ) -> None:
     await add(client, "now", hours=1, minutes=None)
     response = await client.post("/scheduler/jobs/now/run")
@@ -271,14 +287,14 @@ async def test_run_fires_coroutine_on_the_server_loop_and_records_it(
     assert run["job_id"] == "now" and run["status"] == "running"
     [entry] = await jobs.wait_fired("now")
     assert entry["loop"] == id(asyncio.get_running_loop())  # in-process: the server loop is ours
-    done = await wait_run(client, "now", "success")
-    assert done["id"] == run["id"] and done["ended_at"]
+    [done] = await ended_runs(client, runtime, "now")
+    assert (done["id"], done["status"]) == (run["id"], "success") and done["ended_at"]
     everything = (await client.get("/scheduler/runs")).json()
     assert run["id"] in [r["id"] for r in everything["runs"]]
     assert_error(await client.post("/scheduler/jobs/missing/run"), 404)
 
 
-async def test_run_does_not_wait_for_the_job(client: httpx.AsyncClient) -> None:
+async def test_run_does_not_wait_for_the_job(client: httpx.AsyncClient, runtime: Runtime) -> None:
     gate = jobs.gate("slow")
     await add(client, "slow", func="tests.jobs:hold", kwargs={"tag": "slow"})
     response = await client.post("/scheduler/jobs/slow/run")
@@ -287,26 +303,34 @@ async def test_run_does_not_wait_for_the_job(client: httpx.AsyncClient) -> None:
     # Still running while the request has answered; a second run exceeds max_instances.
     assert_error(await client.post("/scheduler/jobs/slow/run"), 409)
     gate.release.set()
-    await wait_run(client, "slow", "success")
+    [done] = await ended_runs(client, runtime, "slow")
+    assert (done["id"], done["status"]) == (response.json()["run"]["id"], "success")
 
 
-async def test_run_history_paging_and_filter(client: httpx.AsyncClient) -> None:
+async def test_run_history_paging_and_filter(client: httpx.AsyncClient, runtime: Runtime) -> None:
     await add(client, "ok")
     await add(client, "bad", func="tests.jobs:fail", kwargs={"message": "boom"})
-    for _ in range(3):
-        await client.post("/scheduler/jobs/ok/run")
-        await wait_run(client, "ok", "success")
-        await asyncio.sleep(0.01)
-    await client.post("/scheduler/jobs/bad/run")
-    failed = await wait_run(client, "bad", "error")
-    assert failed["error_type"].endswith("ValueError")
+    started = []  # run ids, oldest first; each run ends before the next is asked for
+    for job_id in ("ok", "ok", "ok", "bad"):
+        response = await client.post(f"/scheduler/jobs/{job_id}/run")
+        assert response.status_code == 200, response.text
+        started.append(response.json()["run"]["id"])
+        await settled(runtime)
+    [failed] = await ended_runs(client, runtime, "bad")
+    assert failed["status"] == "error" and failed["error_type"].endswith("ValueError")
 
+    newest_first = started[::-1]
     page = (await client.get("/scheduler/runs", params={"limit": 2, "offset": 1})).json()
-    assert (page["total"], page["limit"], page["offset"], len(page["runs"])) == (4, 2, 1, 2)
+    assert (page["total"], page["limit"], page["offset"]) == (4, 2, 1)
+    assert [r["id"] for r in page["runs"]] == newest_first[1:3]
+    assert [r["job_id"] for r in page["runs"]] == ["ok", "ok"]
+    last = (await client.get("/scheduler/runs", params={"limit": 2, "offset": 2})).json()
+    assert [r["id"] for r in last["runs"]] == newest_first[2:4]
     errors = (await client.get("/scheduler/runs", params={"status": "error"})).json()
-    assert [r["job_id"] for r in errors["runs"]] == ["bad"]
+    assert [r["id"] for r in errors["runs"]] == [started[3]]
     own = (await client.get("/scheduler/jobs/ok/runs", params={"status": "success"})).json()
     assert own["total"] == 3
+    assert [r["id"] for r in own["runs"]] == newest_first[1:]
     for bad in ({"status": "exploded"}, {"limit": 0}, {"limit": "x"}, {"offset": -1}, {"page": 2}):
         assert_error(await client.get("/scheduler/runs", params=bad), 422)
         assert_error(await client.get("/scheduler/jobs/ok/runs", params=bad), 422)
@@ -315,19 +339,15 @@ async def test_run_history_paging_and_filter(client: httpx.AsyncClient) -> None:
 # -- openapi, auth, routing errors ----------------------------------------------------------
 
 
-async def test_openapi_document_lists_every_route(client: httpx.AsyncClient) -> None:
-    response = await client.get("/openapi.json")
+async def test_openapi_document_lists_every_route_served(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    async with serve(app) as client:
+        response = await client.get("/openapi.json", headers=AUTH)
     assert response.status_code == 200
     doc = response.json()
     assert doc["openapi"].startswith("3.1")
     assert RECORD in doc["components"]["schemas"]["JobCreate"]["properties"]["func"]["enum"]
-    for path in (
-        "/scheduler",
-        "/scheduler/jobs/{job_id}/run",
-        "/scheduler/runs",
-        "/scheduler/jobs/{job_id}/runs",
-    ):
-        assert path in doc["paths"]
+    assert documented_routes(doc) == served_api_routes(app)
 
 
 def management_requests(app: Flask) -> list[tuple[str, str]]:
@@ -376,14 +396,58 @@ async def test_without_a_configured_token_the_api_is_off(make_app: Callable[...,
         assert (await client.get("/healthz")).status_code == 200
 
 
+def allowed(response: httpx.Response) -> set[str]:
+    return set(response.headers["Allow"].replace(" ", "").split(","))
+
+
 async def test_routing_errors_under_the_prefix_are_json(client: httpx.AsyncClient) -> None:
-    assert_error(await client.get("/scheduler/nothing/here"), 404)
-    response = await client.put("/scheduler/jobs")
-    assert_error(response, 405)
-    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+    for path in ("/scheduler/nothing/here", "/scheduler/jobs/j1/nothing", "/schedulerx"):
+        response = await client.get(path)
+        if path == "/schedulerx":  # not under the prefix: Flask's own page
+            assert response.status_code == 404
+            assert response.headers["content-type"].startswith("text/html")
+        else:
+            assert assert_error(response, 404)["error_message"].startswith("The requested URL")
+    for method, path, methods in [
+        ("PUT", "/scheduler/jobs", {"GET", "HEAD", "OPTIONS", "POST"}),
+        ("POST", "/scheduler/jobs/j1", {"GET", "HEAD", "OPTIONS", "PATCH", "DELETE"}),
+        ("GET", "/scheduler/pause", {"OPTIONS", "POST"}),
+        ("DELETE", "/openapi.json", {"GET", "HEAD", "OPTIONS"}),
+    ]:
+        response = await client.request(method, path)
+        assert_error(response, 405)
+        assert allowed(response) == methods, (method, path)
     # Outside the API, Flask's own pages are untouched.
     other = await client.get("/not-the-api")
     assert other.status_code == 404 and "text/html" in other.headers["content-type"]
+
+
+async def test_every_response_says_nosniff(make_app: Callable[..., Flask]) -> None:
+    """Browsers must not guess a type: JSON errors, Flask's pages and the adapter's 413 too."""
+
+    async def oversized() -> AsyncIterator[bytes]:
+        yield b"x" * 1001
+
+    async with serve(make_app(max_body_bytes=1000)) as client:
+        job = {"id": "n", "func": RECORD, "kwargs": {"tag": "n"}, "trigger": "interval", "hours": 1}
+        responses = [
+            await client.get("/healthz"),
+            await client.get("/readyz"),
+            await client.get("/scheduler/jobs"),  # 401
+            await client.post("/scheduler/jobs", json=job, headers=AUTH),  # 200
+            await client.post("/scheduler/pause", headers=AUTH),  # 204
+            await client.get("/scheduler/jobs/missing", headers=AUTH),  # 404, JSON
+            await client.put("/scheduler/jobs", headers=AUTH),  # 405, JSON
+            await client.get("/not-the-api"),  # Flask's HTML 404
+            await client.get("/openapi.json", headers=AUTH),
+            await client.get("/metrics", headers=AUTH),
+            await client.post("/scheduler/jobs", content=b"x" * 1001, headers=AUTH),  # 413
+            await client.post("/scheduler/jobs", content=oversized(), headers=AUTH),  # 413
+        ]
+    statuses = [response.status_code for response in responses]
+    assert statuses == [200, 200, 401, 200, 204, 404, 405, 404, 200, 200, 413, 413]
+    for response in responses:
+        assert response.headers.get_list("X-Content-Type-Options") == ["nosniff"], response
 
 
 async def test_custom_prefix(make_app: Callable[..., Flask]) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 
-from tests.conftest import AUTH, TOKEN, Server
+from tests.conftest import AUTH, TOKEN, Server, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -16,13 +15,14 @@ WRONG = "wrong-token-that-must-not-be-logged"
 
 
 def wait_run(client: httpx.Client, job_id: str) -> dict[str, object]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    """The job's newest run once it ended: the server's rows, polled (another process)."""
+
+    def ended() -> dict[str, object] | None:
         runs = client.get(f"/scheduler/jobs/{job_id}/runs").json()["runs"]
-        if runs and runs[0]["status"] != "running":
-            return runs[0]
-        time.sleep(0.05)
-    raise AssertionError(f"the run of {job_id} did not finish")
+        return runs[0] if runs and runs[0]["status"] != "running" else None
+
+    run: dict[str, object] = wait_until(ended, timeout=10, what=f"the run of {job_id} to end")
+    return run
 
 
 def test_jobs_run_and_history_over_a_socket(hypercorn_server: Callable[..., Server]) -> None:
@@ -43,7 +43,9 @@ def test_jobs_run_and_history_over_a_socket(hypercorn_server: Callable[..., Serv
         assert wait_run(client, "net")["status"] == "success"
         assert client.post("/scheduler/jobs/net/pause").json()["paused"] is True
         assert client.delete("/scheduler/jobs/net").status_code == 204
-        assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
+        document = client.get("/openapi.json")
+        assert document.json()["openapi"].startswith("3.1")
+        assert document.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_auth_and_bad_input_over_a_socket(hypercorn_server: Callable[..., Server]) -> None:

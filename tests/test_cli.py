@@ -8,11 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import Result
 from flask import Flask
 
 from tests import jobs
+from tests.conftest import AUTH, Server, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -169,27 +171,56 @@ def test_errors_are_messages_not_tracebacks(cli: Callable[..., Result]) -> None:
     assert "No jobs." in ok(cli("list"))
 
 
-def test_changes_are_seen_by_the_app_database(
-    cli: Callable[..., Result], make_app: Callable[..., Flask]
+def test_an_unreachable_database_is_one_line_with_the_reason(
+    make_app: Callable[..., Flask],
 ) -> None:
-    ok(
-        cli(
-            "add",
-            "tests.jobs:record",
-            "--id",
-            "shared",
-            "--trigger",
-            "interval",
-            "--set",
-            "minutes=5",
-            "--kwarg",
-            'tag="s"',
-        )
+    runner = make_app(database_url="postgresql+psycopg://127.0.0.1:9/x").test_cli_runner()
+    result = runner.invoke(args=["jobs", "list"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: the database is unavailable; nothing was changed, try again shortly "
+        '(OperationalError: connection failed: connection to server at "127.0.0.1", port 9 '
+        "failed: Connection refused)\n"
     )
-    # A second app on the same database (as a server would be) sees the job.
-    other = make_app().test_cli_runner()
-    listed = json.loads(other.invoke(args=["jobs", "list", "--json"]).output)
-    assert [j["id"] for j in listed] == ["shared"]
+
+
+def test_changes_are_seen_by_a_running_server(
+    cli: Callable[..., Result], db_url: str, hypercorn_server: Callable[..., Server]
+) -> None:
+    """A real server on the CLI's database applies each change: its API and its cache."""
+    server = hypercorn_server(ASYNCAPP_DATABASE_URL=db_url)
+    api = httpx.Client(base_url=server.url, headers=AUTH, timeout=10)
+
+    def job() -> dict[str, Any] | None:
+        response = api.get("/scheduler/jobs/shared")
+        return response.json() if response.status_code == 200 else None
+
+    def job_if(paused: bool) -> dict[str, Any] | None:
+        found = job()
+        return found if found is not None and found["paused"] is paused else None
+
+    def cached() -> int:
+        return int(api.get("/scheduler").json()["process"]["jobs"])
+
+    with api:
+        assert job() is None and cached() == 0
+        ok(cli("add", "tests.jobs:record", "--id", "shared", "--trigger", "interval",
+               "--set", "minutes=5", "--kwarg", 'tag="s"'))  # fmt: skip
+        wait_until(lambda: cached() == 1, what="the server's cache to hold the job")
+        added = job()
+        assert added is not None
+        assert (added["func"], added["minutes"], added["kwargs"]) == (
+            "tests.jobs:record", 5, {"tag": "s"}
+        )  # fmt: skip
+        assert added["paused"] is False and added["next_run_time"]
+
+        ok(cli("pause", "shared"))
+        paused = wait_until(lambda: job_if(paused=True), what="the server to show it paused")
+        assert paused["next_run_time"] is None and cached() == 1
+
+        ok(cli("remove", "shared"))
+        wait_until(lambda: cached() == 0, what="the server's cache to drop the job")
+        assert job() is None
 
 
 def test_reading_commands_never_write(

@@ -1,4 +1,8 @@
-"""Flask views are served concurrently by a real Hypercorn (DESIGN.md Fact 1)."""
+"""Flask views are served concurrently by a real Hypercorn.
+
+asgiref's ``WsgiToAsgi`` alone runs every request on one thread: 20 requests to a
+view awaiting 100 ms took 2.09 s.
+"""
 
 from __future__ import annotations
 

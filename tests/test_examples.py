@@ -1,4 +1,4 @@
-"""The default app's jobs: the seed's hourly task and the uptime check."""
+"""The default app's jobs: the hourly task and the uptime check."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncapp.runtime import Runtime
 from tests import jobs
-from tests.conftest import AUTH, serve
+from tests.conftest import AUTH, serve, settled
 
 NOW: dict[str, Any] = {"trigger": "date"}  # run_date omitted: now
 
@@ -37,12 +37,6 @@ async def add(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     response = await client.post("/scheduler/jobs", json=body, headers=AUTH)
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
-
-
-async def settled(runtime: Runtime) -> None:
-    """Every run in progress here ended and its result is written."""
-    assert await runtime.dispatcher.drain(30) == 0
-    assert await runtime.recorder.flush(10)
 
 
 async def runs_of(client: httpx.AsyncClient, job_id: str) -> list[dict[str, Any]]:

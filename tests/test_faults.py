@@ -136,6 +136,32 @@ def test_immutable_sqlite_file_refuses_changes_and_catches_up(
     assert server.stop() == 0
 
 
+async def test_readyz_is_503_while_the_database_refuses_writes_though_reads_work(
+    make_app: Callable[..., Flask], db_url: str
+) -> None:
+    # No heartbeat during the test: the outage is told by the requests below alone.
+    app = make_app(heartbeat_interval=30, process_timeout=60)
+    job = {"id": "j", "func": "tests.jobs:record", "args": ["j"], "trigger": "interval", "hours": 1}
+    async with serve(app) as client:
+        client.headers.update(AUTH)
+        assert (await client.get("/readyz")).json() == {"ready": True, "problems": []}
+        database = Path(db_url.removeprefix("sqlite:///"))
+        files = [str(database), f"{database}-wal"]
+        subprocess.run(["chattr", "+i", *files], check=True)
+        try:
+            assert (await client.post("/scheduler/jobs", json=job)).status_code == 503
+            # An immutable file still answers reads: they must not pass for a recovery.
+            assert (await client.get("/scheduler/jobs")).json() == []
+            response = await client.get("/readyz")
+            assert response.status_code == 503
+            assert response.json() == {"ready": False, "problems": ["the database is unavailable"]}
+        finally:
+            subprocess.run(["chattr", "-i", *files], check=True)
+        assert (await client.get("/readyz")).status_code == 503, "no write has succeeded yet"
+        assert (await client.post("/scheduler/jobs", json=job)).status_code == 200
+        assert (await client.get("/readyz")).json() == {"ready": True, "problems": []}
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest, db_url: str) -> str:
     if request.param == "sqlite":

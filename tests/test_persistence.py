@@ -12,13 +12,6 @@ import httpx
 from tests.conftest import AUTH, Server
 
 
-def close(server: Server) -> str:
-    """All output of an exited server, once its output pipe reached the end."""
-    while server._queue.get(timeout=10) is not None:
-        pass
-    return server.output()
-
-
 def jobs_by_id(server: Server) -> dict[str, dict[str, Any]]:
     response = httpx.get(f"{server.url}/scheduler/jobs", headers=AUTH, timeout=10)
     assert response.status_code == 200, response.text
@@ -60,7 +53,7 @@ def test_jobs_and_pauses_survive_a_sigterm_restart(
     before = jobs_by_id(first)
 
     assert first.stop() == 0
-    output = close(first)
+    _, output = first.exited()
     assert "Traceback" not in output
 
     second = hypercorn_server(ASYNCAPP_DATABASE_URL=database)
@@ -77,4 +70,3 @@ def test_jobs_and_pauses_survive_a_sigterm_restart(
     assert after == before
 
     assert second.stop() == 0
-    close(second)

@@ -1,21 +1,27 @@
-"""Request schemas, their validation and the OpenAPI document, without an app."""
+"""Request schemas, their validation and the OpenAPI document, without a running app."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, Field, ValidationError
 
+from asyncapp import create_app
 from asyncapp.api import OPERATIONS
 from asyncapp.errors import InvalidJob
 from asyncapp.openapi import build_document
 from asyncapp.schemas import JobCreate, check_json_value
+from asyncapp.triggers import build_trigger
 from asyncapp.validation import (
+    field_errors,
     parse_job_create,
     parse_job_update,
     parse_run_query,
     parse_shutdown,
 )
+from tests.conftest import app_config, documented_routes, served_api_routes
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -138,6 +144,72 @@ def test_bad_fields_are_named(body: dict[str, Any], field: str) -> None:
     assert field in fields_of(body)
 
 
+FUNC_FORM = "use module:function, e.g. myjobs:poll"
+ID_FORM = "must not contain '/' or control characters"
+
+
+@pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        ({"func": "myjobs.poll"}, [{"field": "func", "message": FUNC_FORM}]),
+        ({"func": "myjobs:"}, [{"field": "func", "message": FUNC_FORM}]),
+        ({"func": "m:f", "id": "a/b"}, [{"field": "id", "message": ID_FORM}]),
+        ({"func": "m:f", "id": "tab\there"}, [{"field": "id", "message": ID_FORM}]),
+    ],
+)
+def test_a_value_not_in_the_accepted_form_is_told_the_form(
+    body: dict[str, Any], errors: list[dict[str, str]]
+) -> None:
+    assert errors_of(body) == errors
+
+
+def test_an_update_with_a_func_not_in_the_form_is_told_the_form() -> None:
+    errors = errors_of({"func": "myjobs.poll"}, lambda d: parse_job_update("j", d))
+    assert errors == [{"field": "func", "message": FUNC_FORM}]
+
+
+def test_a_pattern_without_a_message_of_its_own_does_not_quote_the_pattern() -> None:
+    class Coded(BaseModel):
+        code: str = Field(pattern=r"^[A-Z]{3}$")
+
+    with pytest.raises(ValidationError) as caught:
+        Coded.model_validate({"code": "x"})
+    assert field_errors(caught.value) == [
+        {"field": "code", "message": "is not in the accepted form"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (
+            {"func": "m:f", "trigger": "interval", "minutes": 1, "hour": "3"},
+            {"field": "hour", "message": "does not apply to an interval trigger"},
+        ),
+        (
+            {"func": "m:f", "trigger": "cron", "minutes": 1},
+            {"field": "minutes", "message": "does not apply to a cron trigger"},
+        ),
+        (
+            {"func": "m:f", "trigger": "date", "minutes": 1},
+            {"field": "minutes", "message": "does not apply to a date trigger"},
+        ),
+    ],
+)
+def test_a_field_of_another_trigger_type_is_named_with_its_article(
+    body: dict[str, Any], error: dict[str, str]
+) -> None:
+    assert errors_of(body) == [error]
+
+
+def test_the_core_names_an_unknown_trigger_field_with_its_article() -> None:
+    with pytest.raises(InvalidJob) as caught:
+        build_trigger({"type": "interval", "seconds": 5, "hour": "3"}, UTC)
+    assert caught.value.errors == [
+        {"field": "trigger.hour", "message": "unknown field for an interval trigger"}
+    ]
+
+
 def test_func_is_required_and_body_must_be_an_object() -> None:
     assert "func" in fields_of({})
     assert fields_of([1, 2]) == {"body"}
@@ -214,10 +286,11 @@ def test_openapi_document_comes_from_the_models() -> None:
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
 
 
-def test_every_operation_is_documented_once() -> None:
+def test_the_document_describes_exactly_the_routes_flask_serves(db_url: str) -> None:
+    app = create_app(app_config(db_url, api_prefix="/api"))  # routed, not started
     doc = build_document(OPERATIONS, prefix="/api", version="1", functions=[])
-    documented = [(method.upper(), path) for path, item in doc["paths"].items() for method in item]
-    assert len(documented) == len(OPERATIONS)
-    assert ("GET", "/openapi.json") in documented
-    assert ("POST", "/api/jobs/{job_id}/run") in documented
+    served = served_api_routes(app)
+    assert documented_routes(doc) == served
+    assert len(served) == 18 and ("POST", "/api/jobs/{job_id}/run") in served
+    assert ("GET", "/openapi.json") in served and ("GET", "/metrics") in served
     assert "enum" not in doc["components"]["schemas"]["JobCreate"]["properties"]["func"]

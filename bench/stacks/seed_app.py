@@ -1,8 +1,8 @@
-"""Seed stack: the seed article's design, the baseline asyncapp replaces.
+"""Seed stack: the thread-based design asyncapp replaces, as tutorials teach it.
 
 Flask's threaded dev server (``app.run(threaded=True)``), an APScheduler
 ``BackgroundScheduler`` with its default 10-thread pool and memory store, and one
-sync ``httpx.Client`` for jobs and views. One change from the article: M1's
+sync ``httpx.Client`` for jobs and views. One change from that design: M1's
 one-shot jobs get ``misfire_grace_time=None``, since with the default 1 s the pool
 would drop ~97% of 2000 simultaneous jobs and the makespan would mean nothing.
 And the listen backlog is the bench's ``BACKLOG`` for every stack (see launch.py).
