@@ -11,6 +11,7 @@ from asyncapp.settings import Settings
 from tests.conftest import REPO, free_port
 from tests.docrun import Reader, blocks
 
+
 def test_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
     missing = [
