@@ -1,5 +1,5 @@
-"""The docs match the code: every setting is in the README's table, and every example of
-docs/api.md runs as printed."""
+"""The docs match the code: every setting and every module is in the README's tables, and
+every example of docs/api.md runs as printed."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def test_readme_documents_every_setting() -> None:
         if f"| `ASYNCAPP_{name.upper()}` |" not in readme
     ]
     assert missing == []
+
+
+def test_readme_layout_names_every_module() -> None:
+    readme = (REPO / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    modules = sorted(p.name for p in (REPO / "asyncapp").glob("*.py") if p.name != "__init__.py")
+    assert [name for name in modules if f"`{name}`" not in layout] == []
 
 
 def test_readme_starts_with_the_two_commands() -> None:
