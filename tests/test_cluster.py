@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, select, text
 
 from asyncapp import create_app
-from asyncapp.schema import changes_table, runs_table
+from asyncapp.schema import runs_table
 from tests.conftest import AUTH, PG_ADMIN_URL, Server, app_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -311,18 +311,14 @@ def test_cli_pause_modify_and_remove_are_honoured_by_a_firing_server(
         cli("add", "tests.jobs:mark", "--id", "tick", "--trigger", "interval",
             "--set", "seconds=0.25", "--arg", target, "--arg", json.dumps(label))  # fmt: skip
 
-    def last_change_at() -> datetime:
-        engine = create_engine(url)
-        try:
-            with engine.connect() as conn:
-                at = conn.execute(select(func.max(changes_table.c.at))).scalar_one()
-        finally:
-            engine.dispose()
-        return _utc(at)
+    def run_ids() -> set[str]:
+        return {r.id for r in runs(url, "tick")}
 
-    def started_after(moment: datetime) -> list[Any]:
-        started = [r for r in runs(url, "tick") if r.started_at is not None]
-        return [r for r in started if _utc(r.started_at) > moment]
+    def claimed_since(before: set[str]) -> list[Any]:
+        """Runs claimed after ``before`` was read: the claim inserts the run's row, so
+        a row that was not there when the change had committed was claimed after it.
+        (Start times cannot say this: a claim stamps its time before it commits.)"""
+        return [r for r in runs(url, "tick") if r.id not in before]
 
     def more_marks(than: int) -> Callable[[], bool]:
         return lambda: len(marks(path)) > than
@@ -338,9 +334,9 @@ def test_cli_pause_modify_and_remove_are_honoured_by_a_firing_server(
 
     for _ in range(20):
         cli("pause", "tick")
-        paused_at, version = last_change_at(), stored_tick().version
-        time.sleep(0.6)  # over two periods: long enough for a firing server to start it
-        assert started_after(paused_at) == []
+        before, version = run_ids(), stored_tick().version
+        time.sleep(0.6)  # over two periods: long enough for a firing server to claim it
+        assert claimed_since(before) == []
         assert stored_tick().next_run_time is None and stored_tick().version == version
         count = len(marks(path))
         cli("resume", "tick")
@@ -349,20 +345,20 @@ def test_cli_pause_modify_and_remove_are_honoured_by_a_firing_server(
     for trial in range(1, 21):
         label = f"v{trial}"
         cli("modify", "tick", "--arg", json.dumps(str(path)), "--arg", json.dumps(label))
-        changed_at = last_change_at()
-        after = wait_until(partial(started_after, changed_at), what="a run after the change")
+        before = run_ids()
+        after = wait_until(partial(claimed_since, before), what="a run after the change")
         run_id = after[0].id
         by_run = wait_until(
             lambda r=run_id: {m[2]: m[3] for m in marks(path) if m[2] == r}, what="its mark"
         )
-        assert by_run[run_id] == label, (changed_at, label)
+        assert by_run[run_id] == label, (run_id, label)
         assert json.loads(stored_tick().data)["args"] == [str(path), label]
 
     for trial in range(20):
         cli("remove", "tick")
-        removed_at = last_change_at()
+        before = run_ids()
         time.sleep(0.6)
-        assert started_after(removed_at) == []
+        assert claimed_since(before) == []
         assert stored_tick() is None
         count = len(marks(path))
         add_tick(f"again{trial}")
