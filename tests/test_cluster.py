@@ -315,9 +315,12 @@ def test_cli_pause_modify_and_remove_are_honoured_by_a_firing_server(
         return {r.id for r in runs(url, "tick")}
 
     def claimed_since(before: set[str]) -> list[Any]:
-        """Runs claimed after ``before`` was read: the claim inserts the run's row, so
-        a row that was not there when the change had committed was claimed after it.
-        (Start times cannot say this: a claim stamps its time before it commits.)"""
+        """Runs claimed after ``before`` was read, right after the change answered: the
+        claim inserts the run's row, so a new row is a claim after the change.  Start
+        times cannot say this (a claim stamps its time before it commits, so a run
+        claimed just before a pause may start just after it).  The few milliseconds
+        between the answer and the read are not watched; a server that ignored the
+        change would claim about two more runs in the 0.6 s that follow."""
         return [r for r in runs(url, "tick") if r.id not in before]
 
     def more_marks(than: int) -> Callable[[], bool]:
