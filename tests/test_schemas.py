@@ -291,6 +291,7 @@ def test_the_document_describes_exactly_the_routes_flask_serves(db_url: str) -> 
     doc = build_document(OPERATIONS, prefix="/api", version="1", functions=[])
     served = served_api_routes(app)
     assert documented_routes(doc) == served
-    assert len(served) == 18 and ("POST", "/api/jobs/{job_id}/run") in served
+    assert len(served) == 19 and ("POST", "/api/jobs/{job_id}/run") in served
+    assert ("GET", "/api/jobs/{job_id}/upcoming") in served
     assert ("GET", "/openapi.json") in served and ("GET", "/metrics") in served
     assert "enum" not in doc["components"]["schemas"]["JobCreate"]["properties"]["func"]
