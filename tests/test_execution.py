@@ -98,6 +98,20 @@ async def test_a_def_job_past_its_timeout_is_recorded_though_its_thread_goes_on(
     await jobs.wait_fired("slow")  # the thread could not be stopped; it finishes later
 
 
+class ReportCounter(logging.Handler):
+    """Sets :attr:`enough` once ``count`` records have been emitted (from any thread)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(logging.WARNING)
+        self.count = count
+        self.enough = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.enough.set()
+
+
 async def test_a_blocking_job_is_named_by_the_watchdog_and_a_healthy_job_keeps_time(
     app_and_client: tuple[Runtime, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -108,12 +122,18 @@ async def test_a_blocking_job_is_named_by_the_watchdog_and_a_healthy_job_keeps_t
     await add(client, id="healthy", func="tests.jobs:record", args=["healthy"], **healthy)
     blocker = {"trigger": "interval", "seconds": 1, "start_date": start}
     await add(client, id="blocker", func="tests.jobs:block", args=["blocked", 0.5], **blocker)
-    await jobs.wait_fired("blocked", 3, timeout=15)
-    await jobs.wait_fired("healthy", 6, timeout=15)
-    await client.post("/scheduler/pause", headers=AUTH)
-    await settled(runtime)
+    reports = ReportCounter(3)
+    logging.getLogger("asyncapp.watchdog").addHandler(reports)
+    try:
+        await jobs.wait_fired("blocked", 3, timeout=15)
+        await jobs.wait_fired("healthy", 6, timeout=15)
+        await client.post("/scheduler/pause", headers=AUTH)
+        await settled(runtime)
+        # The watchdog's thread reports a hold once the loop runs again, a tick later.
+        assert await asyncio.to_thread(reports.enough.wait, 5), "the watchdog said too little"
+    finally:
+        logging.getLogger("asyncapp.watchdog").removeHandler(reports)
     warnings = [r.getMessage() for r in caplog.records if r.name == "asyncapp.watchdog"]
-    assert warnings, "the watchdog said nothing"
     assert all("by job blocker run " in w for w in warnings), warnings
     assert all("time.sleep(seconds)" in w and "jobs.py" in w for w in warnings), warnings
     assert runtime.watchdog.held >= 3
