@@ -178,12 +178,22 @@ class Runtime(Hooks):
         if stack is None:
             return
         self._grace = self.settings.shutdown_grace if grace is None else grace
+        where = (self.settings.node_name, self.membership.id)
+        if self.role == SERVER:
+            log.info(
+                "asyncapp stopping on %s (process %s): %d runs in progress, %g s to finish",
+                *where,
+                self.dispatcher.running,
+                self._grace,
+            )
         for task in list(self._background):
             task.cancel()
         try:
             await stack.aclose()
         finally:
             self._parts.clear()
+        if self.role == SERVER:
+            log.info("asyncapp stopped on %s (process %s)", *where)
 
     async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings

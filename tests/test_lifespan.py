@@ -18,8 +18,9 @@ from tests.conftest import AUTH, REPO, Server, StartupFailed, lifespan, serve
 
 
 async def test_startup_starts_the_scheduler_and_shutdown_stops_it(
-    make_app: Callable[..., Flask],
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="asyncapp.runtime")
     app = make_app()
     ext = app.extensions["asyncapp"]
     assert not ext.runtime.started, "nothing starts before lifespan startup"
@@ -31,6 +32,12 @@ async def test_startup_starts_the_scheduler_and_shutdown_stops_it(
         shared = ext.runtime.http
     assert not ext.runtime.started
     assert shared.is_closed, "the shared client is closed at shutdown"
+    said = [r.getMessage() for r in caplog.records if r.name == "asyncapp.runtime"]
+    assert [m.split(" on ")[0] for m in said] == [
+        "asyncapp started",
+        "asyncapp stopping",
+        "asyncapp stopped",
+    ], said
     with pytest.raises(NotRunning):
         ext.service()
 
