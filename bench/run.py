@@ -62,12 +62,15 @@ class Sizes:
     m5_stored: int = 10_000
     m5_runs: int = 10
     m6_jobs: int = 4000
+    #: Adding M6's 4000 jobs through the job service takes 7-9 s on this machine;
+    #: the due time must come after the last one is added.
+    m6_lead_s: float = 15.0
 
 
 FULL = Sizes()
 QUICK = Sizes(
     m1_jobs=500, m1_lead_s=2.0, m1_timeout_s=30.0, m1_quiet_s=6.0, m2_runs=3, m2_lead_s=1.5,
-    m3_seconds=2.0, m4_seconds=3.0, m5_stored=2000, m5_runs=2, m6_jobs=1000,
+    m3_seconds=2.0, m4_seconds=3.0, m5_stored=2000, m5_runs=2, m6_jobs=1000, m6_lead_s=5.0,
 )  # fmt: skip
 
 
@@ -126,7 +129,7 @@ class Bench:
         for workers in (1, 2):
             with self.serve(stack, workers=workers) as (base, _, _):
                 result = driver.fan_out(
-                    base, self.upstream, s.m6_jobs, s.m1_call_ms, s.m1_lead_s, s.m1_timeout_s,
+                    base, self.upstream, s.m6_jobs, s.m1_call_ms, s.m6_lead_s, s.m1_timeout_s,
                     s.m1_quiet_s,
                 )  # fmt: skip
             figures |= {f"w{workers}_{key}": value for key, value in result.items()}
@@ -178,8 +181,11 @@ class Bench:
         if stack in MEMORY_STACKS:
             env["BENCH_STORED_JOBS"] = str(s.m5_stored)
         else:
+            # The stored jobs plus M2's are above the default ASYNCAPP_MAX_JOBS
+            # (10,000); an operator who keeps this many raises it the same way.
+            env["ASYNCAPP_MAX_JOBS"] = str(s.m5_stored + s.m2_jobs)
             with (
-                self.serve(stack, database=database) as (base, _, _),
+                self.serve(stack, env=env, database=database) as (base, _, _),
                 httpx.Client(timeout=600.0) as client,
             ):
                 client.post(f"{base}/bench/stored?n={s.m5_stored}").raise_for_status()
@@ -218,6 +224,10 @@ def run_all(
                 except Exception as exc:  # one failure must not end the bench
                     figures = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
                     traceback.print_exc()
+                if late := [k for k, v in figures.items() if k.endswith("setup_late_s") and v]:
+                    # Jobs were still being added at their due time: lateness and
+                    # makespan then measure the setup, not the scheduler.
+                    _progress(f"warning: {metric} {stack}: {', '.join(late)} > 0, run not valid")
                 per_run[metric][stack] = figures
                 _progress(
                     f"run {run + 1}/{runs} {metric} {stack} ({time.monotonic() - began:.0f} s): "
