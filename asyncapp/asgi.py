@@ -20,12 +20,22 @@ line already logged; with it, both tracebacks are printed.
 Every HTTP response leaves through :class:`AsgiApp`, which adds
 ``X-Content-Type-Options: nosniff`` to it (Flask's answers, the adapter's 413,
 error pages alike), so no browser guesses an HTML type for a JSON error.
+
+It also writes the access log (``ASYNCAPP_ACCESS_LOG``), one line per request
+on the ``asyncapp.access`` logger, so requests are logged in the same format
+(text or JSON) as runs.  Hypercorn's own access log is off in the shipped
+``hypercorn.toml``: for every request it copies the whole process environment
+into the dict its format is filled from, whatever the format uses.  That copy
+was a quarter of the event loop's work per request for a plain sync view
+(py-spy, M4 of ``bench/``), more with the many variables a container gets;
+this line costs one logging call.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +51,7 @@ from .watchdog import serving
 __all__ = ["AsgiApp", "app", "to_asgi"]
 
 log = logging.getLogger("asyncapp.asgi")
+access_log = logging.getLogger("asyncapp.access")
 
 #: Headers added to every HTTP response that does not set them itself.
 RESPONSE_HEADERS = ((b"x-content-type-options", b"nosniff"),)
@@ -60,14 +71,19 @@ class AsgiApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            send = _with_response_headers(send)
+            began = time.perf_counter()
+            response = _Response(send)
             runtime = self.ext.runtime
-            with serving(scope.get("method", "?"), scope.get("path", "?")):
-                if runtime.started:
-                    with http.bind(runtime.http):
-                        await self.adapter(scope, receive, send)
-                else:
-                    await self.adapter(scope, receive, send)
+            try:
+                with serving(scope.get("method", "?"), scope.get("path", "?")):
+                    if runtime.started:
+                        with http.bind(runtime.http):
+                            await self.adapter(scope, receive, response)
+                    else:
+                        await self.adapter(scope, receive, response)
+            finally:
+                if self.ext.settings.access_log and access_log.isEnabledFor(logging.INFO):
+                    _log_access(scope, response, time.perf_counter() - began)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
@@ -155,16 +171,44 @@ def _print_nothing_more_for(error: BaseException) -> None:
     sys.excepthook = hook
 
 
-def _with_response_headers(send: Any) -> Any:
-    async def send_with_headers(message: dict[str, Any]) -> None:
+class _Response:
+    """The ``send`` of one HTTP request: adds ``RESPONSE_HEADERS``, notes status and size."""
+
+    __slots__ = ("send", "size", "status")
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.status: int | None = None
+        self.size = 0
+
+    async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
             present = {bytes(name).lower() for name, _ in headers}
             headers.extend(pair for pair in RESPONSE_HEADERS if pair[0] not in present)
             message = {**message, "headers": headers}
-        await send(message)
+            self.status = message["status"]
+        elif message["type"] == "http.response.body":
+            self.size += len(message.get("body", b""))
+        await self.send(message)
 
-    return send_with_headers
+
+def _log_access(scope: dict[str, Any], response: _Response, seconds: float) -> None:
+    """``127.0.0.1:51234 "GET /healthz?x=1 1.1" 200 123 0.0021s``; status ``-``: no
+    response was started (the client left, or the app failed before answering)."""
+    client = scope.get("client")
+    query = scope.get("query_string", b"")
+    target = scope.get("path", "") + ("?" + query.decode("latin-1") if query else "")
+    access_log.info(
+        '%s "%s %s %s" %s %d %.4fs',
+        f"{client[0]}:{client[1]}" if client else "-",
+        scope.get("method", "-"),
+        target,
+        scope.get("http_version", "-"),
+        response.status if response.status is not None else "-",
+        response.size,
+        seconds,
+    )
 
 
 def _one_line(exc: BaseException, stage: str) -> str:

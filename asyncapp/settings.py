@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         description="Comma-separated URLs for the example uptime check; empty turns it off.",
     )
     log_level: str = Field(default="INFO", description="Level of the asyncapp loggers.")
+    access_log: bool = Field(
+        default=True,
+        description="Log one line per HTTP request (client, request line, status, bytes, "
+        "seconds) through the asyncapp.access logger, in the log format of the other lines.",
+    )
     debug: bool = Field(
         default=False,
         description="Print the traceback of a startup or shutdown failure; without it the "

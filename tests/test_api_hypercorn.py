@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import httpx
@@ -92,3 +93,36 @@ def test_auth_and_bad_input_over_a_socket(hypercorn_server: Callable[..., Server
     assert server.stop() == 0
     # Neither the real token nor a guessed one reaches the logs.
     assert TOKEN not in server.output() and WRONG not in server.output()
+
+
+def test_each_request_is_one_access_line_in_asyncapps_log_format(
+    hypercorn_server: Callable[..., Server],
+) -> None:
+    server = hypercorn_server()
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        answer = client.get("/healthz?probe=access")
+        refused = client.get("/scheduler/jobs")
+    line = server.wait_for('"GET /healthz?probe=access 1.1"')
+    assert " INFO asyncapp.access: 127.0.0.1:" in line
+    assert f'"GET /healthz?probe=access 1.1" 200 {len(answer.content)} ' in line
+    assert line.rstrip().endswith("s")
+    refused_line = server.wait_for('"GET /scheduler/jobs 1.1"')
+    assert f" 401 {len(refused.content)} " in refused_line
+    # Hypercorn's own access log stays off: one line per request, not two.
+    assert server.stop() == 0 and server.ended.wait(10)
+    assert server.output().count('"GET /healthz') == 1
+
+
+def test_access_lines_follow_the_json_format_and_the_setting_turns_them_off(
+    hypercorn_server: Callable[..., Server],
+) -> None:
+    as_json = hypercorn_server(ASYNCAPP_LOG_FORMAT="json")
+    quiet = hypercorn_server(ASYNCAPP_ACCESS_LOG="false")
+    for server in (as_json, quiet):
+        assert httpx.get(f"{server.url}/healthz?probe=json", timeout=10).status_code == 200
+    entry = json.loads(as_json.wait_for("/healthz?probe=json"))
+    assert entry["logger"] == "asyncapp.access" and entry["level"] == "INFO"
+    assert '"GET /healthz?probe=json 1.1" 200 ' in entry["message"]
+    assert quiet.stop() == 0 and quiet.ended.wait(10)
+    assert "/healthz?probe=json" not in quiet.output()
+    assert "asyncapp.access" not in quiet.output()

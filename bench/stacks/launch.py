@@ -31,7 +31,8 @@ class Launch:
 def hypercorn_config(port: int, workdir: Path, shipped: bool) -> Path:
     """A Hypercorn config binding 127.0.0.1:``port``, one worker.
 
-    ``shipped``: the repository's hypercorn.toml (access log on, as users run it)
+    ``shipped``: the repository's hypercorn.toml (as users run it; asyncapp writes
+    its own access log, ``ASYNCAPP_ACCESS_LOG``, on by default)
     with ``bind`` replaced and ``backlog`` set to ``BACKLOG``; otherwise a bare
     config without access log.
     """
