@@ -19,7 +19,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -336,21 +336,13 @@ class JobService:
         if unknown:
             raise InvalidJob([{"field": key, "message": "cannot be changed"} for key in unknown])
 
-        def change(conn: Connection) -> JobDef:
-            self.store.begin_change(conn)
-            job = self._existing(conn, job_id, lock=True, usable="func" not in changes)
-            updated = self._changed(job, changes)
-            if updated == job:
-                return job
-            self.store.replace(conn, updated, time.time())
-            self.store.record(
-                conn, action=MODIFY, job_id=job_id, actor=actor, detail=_diff(job, updated)
-            )
-            return updated
-
-        updated = await self.db.write(change)
-        self._applied([updated])
-        return self._to_api(updated)
+        return await self._change_job(
+            job_id,
+            actor,
+            MODIFY,
+            lambda job: self._changed(job, changes),
+            usable="func" not in changes,
+        )
 
     async def delete_job(self, job_id: str, actor: Actor) -> None:
         """Remove a job, broken or not; its run history stays. :raises JobNotFound:"""
@@ -372,43 +364,56 @@ class JobService:
 
         :raises JobNotFound, InvalidJob:
         """
-
-        def change(conn: Connection) -> JobDef:
-            self.store.begin_change(conn)
-            job = self._existing(conn, job_id, lock=True)
-            updated = job.changed(
+        return await self._change_job(
+            job_id,
+            actor,
+            PAUSE,
+            lambda job: job.changed(
                 next_run_time=None, note=storable(note, 500), version=job.version + 1
-            )
-            self.store.replace(conn, updated, time.time())
-            self.store.record(
-                conn, action=PAUSE, job_id=job_id, actor=actor, detail=_diff(job, updated)
-            )
-            return updated
-
-        paused = await self.db.write(change)
-        self._applied([paused])
-        return self._to_api(paused)
+            ),
+        )
 
     async def resume_job(self, job_id: str, actor: Actor) -> dict[str, Any]:
         """Fire a paused job again from its next time after now. :raises JobNotFound, InvalidJob:"""
 
-        def change(conn: Connection) -> JobDef:
-            self.store.begin_change(conn)
-            job = self._existing(conn, job_id, lock=True)
+        def resumed(job: JobDef) -> JobDef:
             if not job.paused:
                 return job
-            updated = job.changed(
+            return job.changed(
                 next_run_time=self._first_time(job.trigger), note=None, version=job.version + 1
             )
+
+        return await self._change_job(job_id, actor, RESUME, resumed)
+
+    async def _change_job(
+        self,
+        job_id: str,
+        actor: Actor,
+        action: str,
+        edit: Callable[[JobDef], JobDef],
+        usable: bool = True,
+    ) -> dict[str, Any]:
+        """Change one job in one transaction: lock its row, ``edit`` it, store the result
+        and record ``action`` in its history, unless ``edit`` changed nothing.
+
+        :raises JobNotFound, InvalidJob:
+        """
+
+        def change(conn: Connection) -> JobDef:
+            self.store.begin_change(conn)
+            job = self._existing(conn, job_id, lock=True, usable=usable)
+            updated = edit(job)
+            if updated == job:
+                return job
             self.store.replace(conn, updated, time.time())
             self.store.record(
-                conn, action=RESUME, job_id=job_id, actor=actor, detail=_diff(job, updated)
+                conn, action=action, job_id=job_id, actor=actor, detail=_diff(job, updated)
             )
             return updated
 
-        resumed = await self.db.write(change)
-        self._applied([resumed])
-        return self._to_api(resumed)
+        updated = await self.db.write(change)
+        self._applied([updated])
+        return self._to_api(updated)
 
     async def run_job(self, job_id: str, actor: Actor) -> dict[str, Any]:
         """Claim and start a run of a job now, outside its schedule; returns the started run.
