@@ -163,7 +163,7 @@ class Runtime(Hooks):
             raise
         if self.role == SERVER:
             log.info(
-                "asyncapp started on %s (process %s): %d jobs, %d broken, scheduler %s",
+                "asyncapp started on %s (process %s): jobs %d, broken %d, scheduler %s",
                 self.settings.node_name,
                 self.membership.id,
                 len(self.cache.entries()),
