@@ -14,8 +14,9 @@ Serve with ``hypercorn -c hypercorn.toml asyncapp.asgi:app``.
 
 from __future__ import annotations
 
-from .app import AsyncApp, create_app
-from .errors import (
+from asyncapp.app import AsyncApp, create_app
+from asyncapp.engine.runner import RunContext, current_run
+from asyncapp.errors import (
     AsyncAppError,
     InvalidJob,
     JobBusy,
@@ -25,10 +26,9 @@ from .errors import (
     SettingsError,
     UnknownFunction,
 )
-from .http import http_client
-from .runner import RunContext, current_run
-from .settings import Settings
-from .tasks import task
+from asyncapp.http import http_client
+from asyncapp.model.tasks import task
+from asyncapp.settings import Settings
 
 __version__ = "0.1.0"
 

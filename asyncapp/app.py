@@ -12,29 +12,24 @@ in them as in views.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Flask
 
-from . import logs
-from .api import init_api
-from .cli import init_cli
-from .cluster import CLI
-from .dashboard import init_dashboard
-from .errors import DatabaseUnavailable
-from .runtime import Runtime, offline_service
-from .service import JobService
-from .settings import Settings, load_settings
+from asyncapp import logs
+from asyncapp.engine.cluster import CLI
+from asyncapp.faces.api import init_api
+from asyncapp.faces.cli import init_cli
+from asyncapp.faces.dashboard.views import init_dashboard
+from asyncapp.faces.health import health_blueprint
+from asyncapp.runtime import Runtime, offline_service
+from asyncapp.service.jobs import JobService
+from asyncapp.settings import Settings, load_settings
 
 log = logging.getLogger("asyncapp")
-
-#: Endpoints that answer without a token: liveness and readiness probes.
-OPEN_ENDPOINTS = frozenset({"asyncapp_health.healthz", "asyncapp_health.readyz"})
-READY_TIMEOUT = 2.0
 
 
 class AsyncApp:
@@ -65,7 +60,7 @@ class AsyncApp:
         self.settings: Settings = load_settings(overrides)
         self.runtime = Runtime(self.settings, run_context=app.app_context)
         app.extensions["asyncapp"] = self
-        app.register_blueprint(_health_blueprint())
+        app.register_blueprint(health_blueprint())
         logs.configure(self.settings.log_level, self.settings.log_format)
         init_api(app, self)
         init_dashboard(app, self)
@@ -126,30 +121,3 @@ def create_app(
     app.config.update(config or {})
     AsyncApp(app, job_modules=job_modules)
     return app
-
-
-def _health_blueprint() -> Blueprint:
-    health = Blueprint("asyncapp_health", __name__)
-
-    @health.get("/healthz")
-    async def healthz() -> Any:
-        """Liveness: the process answers; what it and the cluster were doing at the last
-        heartbeat.  It reads no database, so it answers fast under load and during outages."""
-        runtime = extension(current_app).runtime
-        return jsonify(status="ok", node=runtime.settings.node_name, scheduler=runtime.health())
-
-    @health.get("/readyz")
-    async def readyz() -> Any:
-        """Readiness: the database answers and this process fires; 503 and why otherwise."""
-        runtime = extension(current_app).runtime
-        problems = runtime.problems()
-        if runtime.started and not any("database" in problem for problem in problems):
-            try:
-                async with asyncio.timeout(READY_TIMEOUT):
-                    await runtime.ping()
-            except (DatabaseUnavailable, TimeoutError):
-                problems.append("the database is unavailable")
-        status = 503 if problems else 200
-        return jsonify(ready=not problems, problems=problems), status
-
-    return health

@@ -41,12 +41,12 @@ from typing import Any
 
 from flask import Flask
 
-from . import http, logs
-from .adapter import FlaskToAsgi
-from .app import AsyncApp, create_app
-from .errors import DatabaseUnavailable, SettingsError
-from .settings import debug_from_environment
-from .watchdog import serving
+from asyncapp import http, logs
+from asyncapp.app import AsyncApp, create_app
+from asyncapp.errors import DatabaseUnavailable, SettingsError
+from asyncapp.settings import debug_from_environment
+from asyncapp.watchdog import serving
+from asyncapp.web.adapter import FlaskToAsgi
 
 __all__ = ["AsgiApp", "app", "to_asgi"]
 

@@ -14,6 +14,9 @@ operator: it names the job, function or setting, never internal state.
     └── DatabaseUnavailable(ConnectionError)
                                        the database did not answer or refused a write;
                                        nothing was applied (the API answers 503)
+
+    JobTimeout(TimeoutError)           a job's attempt outlived its ``timeout`` (the run
+                                       history's error_type ``asyncapp.errors.JobTimeout``)
 """
 
 from __future__ import annotations
@@ -102,3 +105,14 @@ class DatabaseUnavailable(AsyncAppError, ConnectionError):
     def __init__(self, detail: str = "") -> None:
         self.detail = detail
         super().__init__("the database is unavailable; nothing was changed, try again shortly")
+
+
+class JobTimeout(TimeoutError):
+    """An attempt of a job took longer than the job's ``timeout``.
+
+    Not an :class:`AsyncAppError`: it is raised into, and recorded for, a job's
+    run, never at a caller of asyncapp.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the attempt took longer than its timeout of {seconds:g} s")

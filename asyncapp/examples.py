@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 
 import httpx
 
-from .http import http_client
-from .runner import current_run
-from .tasks import task
+from asyncapp.engine.runner import current_run
+from asyncapp.http import http_client
+from asyncapp.model.tasks import task
 
 
 @task("interval", hours=1, id="hourly_task")

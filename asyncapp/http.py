@@ -58,9 +58,9 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from . import metrics
-from .errors import NotRunning
-from .settings import Settings
+from asyncapp import metrics
+from asyncapp.errors import NotRunning
+from asyncapp.settings import Settings
 
 _bound: contextvars.ContextVar[httpx.AsyncClient] = contextvars.ContextVar("asyncapp_http")
 _open: list[httpx.AsyncClient] = []

@@ -16,9 +16,9 @@ jobs get the grace period and are then cancelled (recorded as interrupted),
 their results are written, and this process leaves the cluster.
 
 The runtime is also what the service calls back after a committed change
-(:class:`asyncapp.service.Local`) and what the dispatcher tells when a claim
+(:class:`asyncapp.service.jobs.Local`) and what the dispatcher tells when a claim
 found a job changed, the scheduler halted, or the database away
-(:class:`asyncapp.execution.Hooks`).  A ``role="cli"`` runtime (``flask jobs
+(:class:`asyncapp.engine.dispatch.Hooks`).  A ``role="cli"`` runtime (``flask jobs
 run``) has the database, the client and an executor, and fires nothing.
 """
 
@@ -37,26 +37,34 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from . import http, metrics
-from .cache import JobCache
-from .claims import Reasons
-from .cluster import SERVER, ChangeFeed, Membership
-from .constants import SCHEDULER_RUNNING, SchedulerState
-from .db import Database
-from .errors import AsyncAppError, DatabaseUnavailable, InvalidJob, NotRunning, SettingsError
-from .execution import Dispatcher, Hooks, Submission
-from .jobs import JobDef
-from .ledger import Run, prune
-from .results import Recorder
-from .runner import Runner
-from .scheduler import Scheduler
-from .service import JobService
-from .settings import Settings
-from .store import Actor, Change, JobStore
-from .tasks import Registry, Task, registry
-from .validation import parse_job_create
-from .watchdog import Watchdog
-from .watchdog import requests as watchdog_requests
+from asyncapp import http, metrics
+from asyncapp.constants import SCHEDULER_RUNNING, SchedulerState
+from asyncapp.engine.cache import JobCache
+from asyncapp.engine.cluster import SERVER, ChangeFeed, Membership
+from asyncapp.engine.dispatch import Dispatcher, Hooks, Submission
+from asyncapp.engine.recorder import Recorder
+from asyncapp.engine.runner import Runner
+from asyncapp.engine.scheduler import Scheduler
+from asyncapp.errors import (
+    AsyncAppError,
+    DatabaseUnavailable,
+    InvalidJob,
+    NotRunning,
+    SettingsError,
+)
+from asyncapp.model.change import Actor, Change
+from asyncapp.model.job import JobDef
+from asyncapp.model.run import Run
+from asyncapp.model.tasks import Registry, Task, registry
+from asyncapp.service.jobs import JobService
+from asyncapp.service.validation import parse_job_create
+from asyncapp.settings import Settings
+from asyncapp.store.claims import Reasons
+from asyncapp.store.database import Database
+from asyncapp.store.jobs import JobStore
+from asyncapp.store.runs import prune
+from asyncapp.watchdog import Watchdog
+from asyncapp.watchdog import requests as watchdog_requests
 
 log = logging.getLogger("asyncapp.runtime")
 
@@ -388,7 +396,7 @@ class Runtime(Hooks):
                 log.info("pruned %d runs from the history", deleted)
             await asyncio.sleep(PRUNE_EVERY)
 
-    # -- asyncapp.service.Local ------------------------------------------------------
+    # -- asyncapp.service.jobs.Local ------------------------------------------------------
 
     def applied(self, jobs: Iterable[JobDef], removed: Iterable[str]) -> None:
         cache = self._parts.get("cache")
@@ -424,7 +432,7 @@ class Runtime(Hooks):
             **self._process_info(),
         }
 
-    # -- asyncapp.execution.Hooks -------------------------------------------------
+    # -- asyncapp.engine.dispatch.Hooks -------------------------------------------------
 
     def job_for(self, job_id: str) -> tuple[JobDef, Callable[..., Any]] | None:
         cache = self._parts.get("cache")

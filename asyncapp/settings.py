@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .errors import SettingsError
+from asyncapp.errors import SettingsError
 
 ENV_PREFIX = "ASYNCAPP_"
 SUPPORTED_DATABASES = ("sqlite", "postgresql")
@@ -37,7 +37,7 @@ CommaList = Annotated[list[str], NoDecode]
 
 def default_database_url() -> str:
     """A SQLite file under ``./instance/`` of the working directory."""
-    return f"sqlite:///{Path('instance').resolve() / 'asyncapp.db'}"
+    return f"sqlite:///{Path('instance').resolve() / 'asyncapp.store.database'}"
 
 
 class Settings(BaseSettings):

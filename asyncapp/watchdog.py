@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from . import metrics
+from asyncapp import metrics
 
 log = logging.getLogger("asyncapp.watchdog")
 

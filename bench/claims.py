@@ -3,10 +3,10 @@
 When several processes share a database, asyncapp lets every process fire
 every due job and claim each (job, scheduled time) with
 ``INSERT ... ON CONFLICT DO NOTHING`` in a transaction that locks the job rows
-(:func:`asyncapp.claims.claim`); the alternative it did not build is a leader
+(:func:`asyncapp.store.claims.claim`); the alternative it did not build is a leader
 holding a lease that enqueues one row per due run, taken by workers with
 ``FOR UPDATE SKIP LOCKED``.  This measures, on this machine, in real separate
-processes (spawn context, one :class:`~asyncapp.db.Database` each, a barrier
+processes (spawn context, one :class:`~asyncapp.store.database.Database` each, a barrier
 so racing processes start together), on a fresh database per measurement:
 
 - **A1 / A100**: one process claims N due keys (N jobs, one due time each)
@@ -16,7 +16,7 @@ so racing processes start together), on a fresh database per measurement:
   ``asyncapp_runs`` holds N rows and the wins the processes report add up to N.
 - **C**: two processes with asyncapp's preference: each claims the keys it
   prefers (``crc32(job id) % 2 == its index``) at once, then the others once
-  :data:`~asyncapp.execution.SPREAD_DELAY` has passed since the start (as the
+  :data:`~asyncapp.engine.dispatch.SPREAD_DELAY` has passed since the start (as the
   Dispatcher's ``call_later`` does); those late claims should all lose.
 - **D** (PostgreSQL only): the lease design, built here minimally: a leader
   process checks its lease (holder and fencing epoch, ``FOR SHARE``) and
@@ -89,12 +89,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import ExecuteStyle
 
-from asyncapp.claims import Due, Reasons, claim
-from asyncapp.db import Database
-from asyncapp.execution import SPREAD_DELAY
-from asyncapp.jobs import JobDef
-from asyncapp.schema import runs_table
-from asyncapp.store import JobStore
+from asyncapp.engine.dispatch import SPREAD_DELAY
+from asyncapp.model.job import JobDef
+from asyncapp.store.claims import Due, Reasons, claim
+from asyncapp.store.database import Database
+from asyncapp.store.jobs import JobStore
+from asyncapp.store.tables import runs_table
 from bench.stats import median
 
 SPAWN = multiprocessing.get_context("spawn")

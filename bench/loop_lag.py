@@ -26,10 +26,10 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 import asyncapp
+from asyncapp.model.change import Actor
+from asyncapp.model.tasks import reference
 from asyncapp.runtime import Runtime
 from asyncapp.settings import load_settings
-from asyncapp.store import Actor
-from asyncapp.tasks import reference
 
 counter = {"runs": 0}
 
@@ -66,7 +66,7 @@ def staggered(jobs: int) -> list[datetime]:
 async def run_asyncapp(directory: Path, jobs: int, seconds: float) -> tuple[list[float], int]:
     settings = load_settings(
         {
-            "ASYNCAPP_DATABASE_URL": f"sqlite:///{directory / 'asyncapp.db'}",
+            "ASYNCAPP_DATABASE_URL": f"sqlite:///{directory / 'asyncapp.store.database'}",
             "ASYNCAPP_JOB_MODULES": "",
         }
     )

@@ -29,8 +29,8 @@ import pytest
 from flask import Flask
 
 from asyncapp import create_app
-from asyncapp.api import BLUEPRINT
 from asyncapp.asgi import to_asgi
+from asyncapp.faces.api import BLUEPRINT
 from asyncapp.runtime import Runtime
 
 REPO = Path(__file__).resolve().parent.parent

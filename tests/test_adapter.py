@@ -11,7 +11,7 @@ from flask import Flask, g, request
 from flask.views import View
 
 from asyncapp import AsyncApp
-from asyncapp.adapter import async_to_sync
+from asyncapp.web.adapter import async_to_sync
 from tests.conftest import app_config, serve
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from flask import Flask
 
-from asyncapp.app import OPEN_ENDPOINTS
+from asyncapp.faces.health import OPEN_ENDPOINTS
 from asyncapp.runtime import Runtime
 from tests import jobs
 from tests.conftest import AUTH, documented_routes, serve, served_api_routes, settled

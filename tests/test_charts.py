@@ -1,11 +1,11 @@
-"""The run chart's geometry (asyncapp.charts)."""
+"""The run chart's geometry (asyncapp.faces.dashboard.charts)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from asyncapp.charts import BAR_MAX, PANEL_HEIGHT, run_chart
+from asyncapp.faces.dashboard.charts import BAR_MAX, PANEL_HEIGHT, run_chart
 
 T0 = datetime(2026, 11, 26, 10, tzinfo=UTC)
 

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from asyncapp.claims import Due, Outcome, Reasons, claim, reap
 from asyncapp.constants import (
     COALESCED,
     INTERRUPTED,
@@ -23,10 +22,12 @@ from asyncapp.constants import (
     RUNNING,
     SCHEDULER_PAUSED_STATE,
 )
-from asyncapp.db import Database, as_utc
-from asyncapp.jobs import JobDef
-from asyncapp.schema import attempts_table, processes_table, runs_table
-from asyncapp.store import JobStore
+from asyncapp.model.job import JobDef
+from asyncapp.model.values import as_utc
+from asyncapp.store.claims import Due, Outcome, Reasons, claim, reap
+from asyncapp.store.database import Database
+from asyncapp.store.jobs import JobStore
+from asyncapp.store.tables import attempts_table, processes_table, runs_table
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SPEC = {"type": "interval", "seconds": 1, "start_date": "2026-01-01T00:00:00+00:00"}
@@ -289,7 +290,7 @@ async def test_runs_of_a_live_process_are_left_alone(db: Database) -> None:
 
 def test_keys_of_a_chain_and_of_a_fresh_load_agree() -> None:
     """Two processes compute bit-identical times however they reached them."""
-    from asyncapp.triggers import build_trigger, canonical_time, fire_time_after
+    from asyncapp.model.triggers import build_trigger, canonical_time, fire_time_after
 
     trigger = build_trigger(
         {"type": "interval", "seconds": 0.3, "start_date": "2026-01-01T00:00:00.123457+00:00"},
@@ -313,7 +314,7 @@ def test_keys_of_a_chain_and_of_a_fresh_load_agree() -> None:
 async def test_buffer_one_waits_one_run_and_the_end_of_the_running_one_starts_it(
     db: Database,
 ) -> None:
-    from asyncapp.claims import end_runs
+    from asyncapp.store.claims import end_runs
 
     job = await add_job(db, overlap="buffer_one")
     times = [NOW - timedelta(seconds=2), NOW - timedelta(seconds=1), NOW]
@@ -360,7 +361,7 @@ async def test_an_ended_run_counts_no_more_even_if_another_process_ended_it(
     db: Database,
 ) -> None:
     """A run another process ended (cancelled) keeps that verdict when its own end comes."""
-    from asyncapp.claims import end_runs
+    from asyncapp.store.claims import end_runs
 
     job = await add_job(db, overlap="cancel_other")
     (first,) = await run_claim(db, [due(job, NOW - timedelta(seconds=1), overlap="cancel_other")])

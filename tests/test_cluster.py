@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from asyncapp import create_app
-from asyncapp.schema import runs_table
+from asyncapp.store.tables import runs_table
 from tests.conftest import AUTH, PG_ADMIN_URL, Server, app_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)

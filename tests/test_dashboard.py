@@ -17,8 +17,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from asyncapp.humanize import format_utc
-from asyncapp.websecurity import SESSION_COOKIE
+from asyncapp.faces.dashboard.security import SESSION_COOKIE
+from asyncapp.faces.humanize import format_utc
 from tests.conftest import AUTH, REPO, TOKEN, Server, need
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]

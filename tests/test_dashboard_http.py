@@ -13,9 +13,9 @@ import httpx
 import pytest
 from flask import Flask
 
-import asyncapp.store
+import asyncapp.store.jobs
 from asyncapp.app import extension
-from asyncapp.websecurity import HEADERS, LOGIN_ATTEMPTS, SESSION_COOKIE
+from asyncapp.faces.dashboard.security import HEADERS, LOGIN_ATTEMPTS, SESSION_COOKIE
 from tests.conftest import AUTH, TOKEN, serve
 
 pytestmark = pytest.mark.timeout(60)
@@ -452,8 +452,10 @@ async def test_10000_jobs_are_paged_in_the_database(
         await service.db.write(insert)
         await log_in(client)
         loaded = []
-        real_load = asyncapp.store.load
-        monkeypatch.setattr(asyncapp.store, "load", lambda row: loaded.append(1) or real_load(row))
+        real_load = asyncapp.store.jobs.load
+        monkeypatch.setattr(
+            asyncapp.store.jobs, "load", lambda row: loaded.append(1) or real_load(row)
+        )
         for query, first_row, rows, total in [
             ("", "job-00000", 50, 10_000),
             ("?page=200", "job-09950", 50, 10_000),

@@ -1,4 +1,4 @@
-"""Daylight saving time: the policy of ``asyncapp.triggers``, seen through ``/upcoming``.
+"""Daylight saving time: the policy of ``asyncapp.model.triggers``, seen through ``/upcoming``.
 
 The transitions are looked up with zoneinfo, never typed in: every change of
 offset in 2026-2027 of New York (one hour, at 02:00 local), Helsinki (one
@@ -19,14 +19,14 @@ import pytest
 from click.testing import Result
 from flask import Flask
 
-from asyncapp.api import OPERATIONS
 from asyncapp.app import extension
-from asyncapp.cache import JobCache
-from asyncapp.db import from_epoch
-from asyncapp.openapi import build_document
-from asyncapp.scheduler import plan
-from asyncapp.tasks import registry
-from asyncapp.triggers import build_trigger, canonical_time, fire_time_after, fire_times_after
+from asyncapp.engine.cache import JobCache
+from asyncapp.engine.scheduler import plan
+from asyncapp.faces.api import OPERATIONS
+from asyncapp.faces.openapi import build_document
+from asyncapp.model.tasks import registry
+from asyncapp.model.triggers import build_trigger, canonical_time, fire_time_after, fire_times_after
+from asyncapp.model.values import from_epoch
 from tests import jobs
 from tests.conftest import AUTH, serve
 

@@ -76,7 +76,7 @@ async def test_a_hanging_job_is_cancelled_at_its_timeout(
     await settled(runtime)
     (run,) = await runs_of(client, "hang")
     assert run["status"] == "timeout"
-    assert run["error_type"] == "asyncapp.runner.JobTimeout"
+    assert run["error_type"] == "asyncapp.errors.JobTimeout"
     took = datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])
     assert timedelta(seconds=1) <= took < timedelta(seconds=2)
     assert not gate.release.is_set() and "hang" not in [e["tag"] for e in jobs.fired]
@@ -284,8 +284,8 @@ async def test_limits_on_jobs_and_argument_size_are_clear_422s(
 async def test_pruning_keeps_the_newest_runs_and_those_in_progress(
     make_app: Callable[..., Flask],
 ) -> None:
-    from asyncapp.ledger import Run
-    from asyncapp.schema import runs_table
+    from asyncapp.store.runs import Run
+    from asyncapp.store.tables import runs_table
 
     app = make_app(history_per_job=3, history_days=7)
     async with serve(app) as client:
@@ -313,7 +313,7 @@ async def test_pruning_keeps_the_newest_runs_and_those_in_progress(
 def test_error_types_are_named_as_users_import_them() -> None:
     import httpx
 
-    from asyncapp.ledger import qualified_name
+    from asyncapp.store.runs import qualified_name
 
     assert qualified_name(ValueError("x")) == "ValueError"
     assert qualified_name(httpx.ConnectError("x")) == "httpx.ConnectError"

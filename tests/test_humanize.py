@@ -1,4 +1,4 @@
-"""Triggers, durations and times in plain words (asyncapp.humanize)."""
+"""Triggers, durations and times in plain words (asyncapp.faces.humanize)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from asyncapp.humanize import (
+from asyncapp.faces.humanize import (
     describe_trigger,
     format_duration,
     format_utc,
@@ -16,7 +16,7 @@ from asyncapp.humanize import (
     start_lateness,
     trigger_spec,
 )
-from asyncapp.triggers import build_trigger, trigger_to_spec
+from asyncapp.model.triggers import build_trigger, trigger_to_spec
 
 
 def stored(**spec: Any) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from sqlalchemy import update
 
 from asyncapp.app import extension
 from asyncapp.errors import InvalidJob
-from asyncapp.schema import jobs_table
-from asyncapp.service import JobService
-from asyncapp.store import Actor
+from asyncapp.model.change import Actor
+from asyncapp.service.jobs import JobService
+from asyncapp.store.tables import jobs_table
 from tests.conftest import serve
 
 pytestmark = pytest.mark.timeout(30)

@@ -29,8 +29,8 @@ from sqlalchemy import (
     select,
 )
 
-from asyncapp.migrate import VERSION_TABLE, current_revision, head_revision, migrate
-from asyncapp.schema import attempts_table, metadata, runs_table
+from asyncapp.store.migrate import VERSION_TABLE, current_revision, head_revision, migrate
+from asyncapp.store.tables import attempts_table, metadata, runs_table
 from tests.conftest import AUTH, serve
 
 # -- the schema and rows of asyncapp 0.1.0, as its code wrote them ---------------------

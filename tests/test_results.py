@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from asyncapp.db import Database
-from asyncapp.ledger import Run
-from asyncapp.results import Recorder
+from asyncapp.engine.recorder import Recorder
+from asyncapp.model.run import Run
+from asyncapp.store.database import Database
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -9,12 +9,12 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 
 from asyncapp import create_app
-from asyncapp.api import OPERATIONS
 from asyncapp.errors import InvalidJob
-from asyncapp.openapi import build_document
-from asyncapp.schemas import JobCreate, check_json_value
-from asyncapp.triggers import build_trigger
-from asyncapp.validation import (
+from asyncapp.faces.api import OPERATIONS
+from asyncapp.faces.openapi import build_document
+from asyncapp.model.triggers import build_trigger
+from asyncapp.service.schemas import JobCreate, check_json_value
+from asyncapp.service.validation import (
     field_errors,
     parse_job_create,
     parse_job_update,

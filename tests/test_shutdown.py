@@ -11,7 +11,7 @@ import httpx
 from flask import Flask
 from sqlalchemy import create_engine, select
 
-from asyncapp.schema import runs_table
+from asyncapp.store.tables import runs_table
 from tests import jobs
 from tests.conftest import AUTH, Server, serve, wait_until
 from tests.test_cluster import marks

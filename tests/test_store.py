@@ -20,9 +20,9 @@ from flask import Flask
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection
 
+from asyncapp.model.change import Actor
+from asyncapp.model.tasks import registry
 from asyncapp.runtime import Runtime
-from asyncapp.store import Actor
-from asyncapp.tasks import registry
 from tests import jobs
 from tests.conftest import AUTH, serve
 

@@ -1,10 +1,10 @@
-"""The dashboard's security pieces on their own (asyncapp.websecurity)."""
+"""The dashboard's security pieces on their own (asyncapp.faces.dashboard.security)."""
 
 from __future__ import annotations
 
 from flask import Flask
 
-from asyncapp.websecurity import (
+from asyncapp.faces.dashboard.security import (
     SESSION_MAX_AGE,
     SlidingWindow,
     csrf_matches,

@@ -18,7 +18,7 @@ from flask import jsonify, request
 
 from asyncapp import create_app, http_client
 from asyncapp.asgi import to_asgi
-from asyncapp.store import Actor
+from asyncapp.model.change import Actor
 from bench.stacks.lag import LagProbe
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:1")

@@ -1,0 +1,376 @@
+"""The one place where runs are claimed and started.
+
+:class:`Dispatcher` receives due jobs from the scheduler (and "run now"
+requests from the service), claims them in batches through
+:func:`asyncapp.store.claims.claim` on the database's write thread, and starts a
+task for each run it wins.  While one claim transaction is being written,
+whatever falls due queues for the next, so claims due together share a
+transaction (one commit for a batch instead of one per job: on this
+machine's PostgreSQL, 2.75k single-key claims/s against 27k keys/s in
+batches of 100).
+
+Spreading runs over processes: every process fires every job, and the claim
+decides; but a process that claims a batch of 2000 due jobs first would win
+them all.  So each process claims at once only the jobs it *prefers* (a hash
+of the job id over the live processes, from the heartbeat table) and the
+others after :data:`SPREAD_DELAY`; if the preferred process is alive it has
+claimed them by then and the late claims lose, cheaply; if it is dead, the
+others take over after that delay.  The delay affects who runs a time, never
+whether it runs once.
+
+The dispatcher starts each run it wins through the :class:`~asyncapp.engine.runner.Runner`,
+at most ``ASYNCAPP_MAX_RUNNING`` at once in this process (the others wait
+their turn, which shows as start lateness).  It also carries out what a claim
+decided for the job's overlap policy: a ``buffer_one`` run waits (started by
+whichever process ends the run in progress), a ``cancel_other`` claim cancels
+the runs it ended here before it starts the new one.  Runs the database says
+another process ended are stopped here (:meth:`Dispatcher.abandon`).  On
+shutdown :meth:`Dispatcher.drain` lets running jobs finish for a grace
+period, then cancels the rest, recorded as interrupted (APScheduler's
+AsyncIOExecutor cancels at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from asyncapp import metrics
+from asyncapp.constants import INTERRUPTED
+from asyncapp.engine.runner import Runner
+from asyncapp.errors import DatabaseUnavailable, JobBusy, JobNotFound, NotRunning
+from asyncapp.model.job import JobDef
+from asyncapp.model.run import Run, utcnow
+from asyncapp.store.claims import Due, Outcome, Reasons, claim
+from asyncapp.store.database import Database
+
+log = logging.getLogger("asyncapp.run")
+
+#: Runs started per turn of the loop after a claim (see ``Dispatcher._claim``).
+WAVE = 32
+#: Seconds a process waits before claiming jobs another live process prefers.
+SPREAD_DELAY = 0.25
+
+
+@dataclass(eq=False)
+class Submission:
+    """A :class:`Due` with what is needed to start its runs and to undo it."""
+
+    due: Due
+    job: JobDef
+    func: Callable[..., Any]
+    #: Set for "run now": resolved with the started run, or the reason it was refused.
+    answer: asyncio.Future[Run] | None = None
+
+
+class Hooks:
+    """What the dispatcher tells its owner; the runtime overrides these."""
+
+    def job_for(self, job_id: str) -> tuple[JobDef, Callable[..., Any]] | None:
+        """The job and function to start a run of ``job_id`` with, if this process can."""
+        return None
+
+    def stale(self, job_ids: set[str]) -> None:
+        """These jobs changed in the database: reload them."""
+
+    def halted(self, submissions: list[Submission]) -> None:
+        """The scheduler-wide state is not running; these were not claimed."""
+
+    def database_down(self, submissions: list[Submission]) -> None:
+        """The claim could not be written; these were not claimed."""
+
+
+class Dispatcher:
+    """Claims due jobs in batches and starts the runs it wins."""
+
+    def __init__(
+        self,
+        db: Database,
+        runner: Runner,
+        *,
+        node: str,
+        process_id: str,
+        reasons: Reasons,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.db = db
+        self.runner = runner
+        self.node = node
+        self.process_id = process_id
+        self.reasons = reasons
+        self.hooks = hooks or Hooks()
+        #: (my index, live processes): which jobs this process claims first.
+        self.rank = (0, 1)
+        self._pending: list[Submission] = []
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._claimer: asyncio.Task[None] | None = None
+        self._closing = False
+        #: The task running each run id of this process.
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        #: The run each of those tasks is running now.
+        self._current: dict[asyncio.Task[Any], Run] = {}
+        #: The job and function each job's latest run here started with.
+        self._latest: dict[str, tuple[JobDef, Callable[..., Any]]] = {}
+        self._slots = asyncio.Semaphore(runner.settings.max_running)
+        runner.recorder.on_started = self.start_promoted
+
+    @property
+    def running(self) -> int:
+        """Runs in progress (or waiting for a slot) in this process."""
+        return len(set(self._runs.values()))
+
+    def run_ids(self) -> list[str]:
+        """The runs this process runs now."""
+        return list(self._runs)
+
+    def start(self) -> None:
+        self._claimer = asyncio.create_task(self._claim_forever(), name="asyncapp-claims")
+
+    async def stop(self) -> None:
+        """Stop claiming once the claim being written (if any) is done and its runs started.
+
+        A claim is never cancelled halfway: its transaction may already be
+        committing on the database thread, and runs it won must start (and then
+        be drained) rather than be left claimed by no one.
+        """
+        if self._claimer is not None:
+            self._closing = True
+            self._wake.set()
+            await asyncio.gather(self._claimer, return_exceptions=True)
+            self._claimer = None
+        pending, self._pending = self._pending, []
+        for submission in pending:
+            if submission.answer is not None and not submission.answer.done():
+                submission.answer.set_exception(NotRunning("the job executor"))
+
+    def prefers(self, job_id: str) -> bool:
+        index, count = self.rank
+        return count <= 1 or zlib.crc32(job_id.encode()) % count == index
+
+    def submit(self, submission: Submission) -> None:
+        """Queue a scheduled claim (from the scheduler, on the loop)."""
+        if self.prefers(submission.job.id):
+            self._queue(submission)
+        else:
+            self._loop.call_later(SPREAD_DELAY, self._queue, submission)
+
+    async def run_now(self, job: JobDef, func: Callable[..., Any]) -> Run:
+        """Claim a run of ``job`` at the current time and start it; returns it as started.
+
+        :raises JobBusy: if ``max_instances`` runs of it are in progress cluster-wide.
+        :raises JobNotFound: if the job is gone.
+        :raises DatabaseUnavailable: if the claim could not be written.
+        """
+        due = Due(
+            job.id, job.version, [utcnow()], job.next_run_time, overlap=job.overlap, manual=True
+        )
+        answer: asyncio.Future[Run] = self._loop.create_future()
+        self._queue(Submission(due, job, func, answer))
+        return await answer
+
+    def _queue(self, submission: Submission) -> None:
+        self._pending.append(submission)
+        self._wake.set()
+
+    async def _claim_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._claim(batch)
+
+    async def _claim(self, batch: list[Submission]) -> None:
+        dues = [submission.due for submission in batch]
+        recorder = self.runner.recorder
+        write_results = recorder.take()
+
+        def transaction(conn: Connection) -> tuple[list[Run], list[Outcome]]:
+            promoted = write_results(conn)
+            outcomes = claim(
+                self.db,
+                conn,
+                dues,
+                node=self.node,
+                process_id=self.process_id,
+                reasons=self.reasons,
+            )
+            return promoted, outcomes
+
+        try:
+            promoted, outcomes = await self.db.write(transaction)
+        except DatabaseUnavailable as exc:
+            recorder.untake(write_results)
+            self._refuse(batch, exc)
+            self.hooks.database_down([s for s in batch if s.answer is None])
+            return
+        except Exception as exc:
+            recorder.untake(write_results)
+            log.exception("claiming %d due jobs failed", len(batch))
+            self._refuse(batch, exc)
+            self.hooks.database_down([s for s in batch if s.answer is None])
+            return
+        recorder.taken(promoted)
+        stale: set[str] = set()
+        halted: list[Submission] = []
+        starts: list[tuple[list[Run], JobDef, Callable[..., Any]]] = []
+        for submission, outcome in zip(batch, outcomes, strict=True):
+            self._settle(submission, outcome, starts)
+            if outcome.stale:
+                stale.add(submission.job.id)
+            if outcome.halted:
+                halted.append(submission)
+        if stale:
+            self.hooks.stale(stale)
+        if halted:
+            self.hooks.halted(halted)
+        for index, (runs, job, func) in enumerate(starts):
+            if index and not index % WAVE:
+                # Each run's first steps (context, request building) cost the loop
+                # about half a millisecond before its first I/O.  Started all at
+                # once, 2000 runs would send their first request only after all
+                # 2000 had taken that step; in waves, the loop sends each wave's
+                # requests before it starts the next.
+                await asyncio.sleep(0)
+            self.start_runs(runs, job, func)
+
+    def _settle(
+        self,
+        submission: Submission,
+        outcome: Outcome,
+        starts: list[tuple[list[Run], JobDef, Callable[..., Any]]],
+    ) -> None:
+        due = submission.due
+        lost = len(due.times) + (due.folded is not None) - len(outcome.won) - len(outcome.missed)
+        if not due.manual and not outcome.stale and not outcome.halted:
+            metrics.CLAIMS_LOST.inc(max(0, lost - len(outcome.waiting)))
+        if outcome.won:
+            victims = [run_id for run_id, _ in outcome.cancelled if run_id in self._runs]
+            if victims:
+                self._loop.create_task(
+                    self._after(victims, outcome.won, submission.job, submission.func)
+                )
+            else:
+                starts.append((outcome.won, submission.job, submission.func))
+        for run in outcome.waiting:
+            log.info(
+                "job %s run %s (%s) waits for the run in progress (overlap buffer_one)",
+                run.job_id,
+                run.id,
+                run.scheduled_for.isoformat(),
+            )
+        for run in outcome.missed:
+            metrics.MISSED.labels(submission.job.func, run.reason or "").inc()
+            log.warning(
+                "job %s missed %s (run %s): %s",
+                run.job_id,
+                run.scheduled_for.isoformat(),
+                run.id,
+                run.reason,
+            )
+        answer = submission.answer
+        if answer is None or answer.done():
+            return
+        if outcome.won:
+            answer.set_result(outcome.won[0])
+        elif outcome.busy:
+            answer.set_exception(JobBusy(submission.job.id, submission.job.max_instances))
+        else:
+            answer.set_exception(JobNotFound(submission.job.id))
+
+    def _refuse(self, batch: Iterable[Submission], exc: Exception) -> None:
+        for submission in batch:
+            if submission.answer is not None and not submission.answer.done():
+                error = exc if isinstance(exc, DatabaseUnavailable) else DatabaseUnavailable()
+                submission.answer.set_exception(error)
+
+    def start_runs(self, runs: list[Run], job: JobDef, func: Callable[..., Any]) -> None:
+        """Start one task running ``runs`` of ``job`` (claimed by this process) in order."""
+        task = self._loop.create_task(
+            self._run_in_order(runs, job, func), name=f"asyncapp-run-{job.id}"
+        )
+        for run in runs:
+            self._runs[run.id] = task
+        self._latest[job.id] = job, func
+        task.add_done_callback(lambda _: self._forget(runs))
+
+    def start_promoted(self, runs: list[Run]) -> None:
+        """Start runs that this process took over (a waiting run, a re-run)."""
+        for run in runs:
+            # The job as cached now; else as the ended run ran it (a finished job is
+            # gone from the cache).
+            found = self.hooks.job_for(run.job_id) or self._latest.get(run.job_id)
+            if found is None:
+                log.error(
+                    "job %s run %s cannot be started here; it stays unended", run.job_id, run.id
+                )
+                continue
+            self.start_runs([run], *found)
+
+    def abandon(self, run_ids: list[str]) -> None:
+        """Stop runs that another process ended (cancelled, or took over), recording nothing."""
+        for run_id in run_ids:
+            task = self._runs.get(run_id)
+            if task is not None and not task.done():
+                self.runner.abandoned.add(run_id)
+                task.cancel()
+
+    async def _after(
+        self, victims: list[str], runs: list[Run], job: JobDef, func: Callable[..., Any]
+    ) -> None:
+        """Cancel the runs a ``cancel_other`` claim ended here, then start the new one."""
+        tasks = {self._runs[run_id] for run_id in victims if run_id in self._runs}
+        self.abandon(victims)
+        if tasks:
+            await asyncio.wait(tasks)
+        self.start_runs(runs, job, func)
+
+    def _forget(self, runs: list[Run]) -> None:
+        for run in runs:
+            self._runs.pop(run.id, None)
+            self.runner.abandoned.discard(run.id)
+
+    async def _run_in_order(self, runs: list[Run], job: JobDef, func: Callable[..., Any]) -> None:
+        task = asyncio.current_task()
+        for index, run in enumerate(runs):
+            try:
+                async with self._slots:
+                    if task is not None:
+                        self._current[task] = run
+                    await self.runner.run(run, job, func)
+                self._runs.pop(run.id, None)  # ended here: nothing left to abandon
+            except asyncio.CancelledError:
+                for left in runs[index + 1 :]:  # claimed, never started
+                    self.runner.recorder.finish(left.finish(INTERRUPTED))
+                raise
+            finally:
+                if task is not None:
+                    self._current.pop(task, None)
+
+    def run_of(self, task: asyncio.Task[Any] | None) -> Run | None:
+        """The run ``task`` is running (read by the watchdog's thread: a dict look-up)."""
+        return None if task is None else self._current.get(task)
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for running jobs, then cancel the rest.
+
+        Returns how many were cancelled; returns once they have recorded it.
+        """
+        tasks = set(self._runs.values())
+        if not tasks:
+            return 0
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        return len(pending)

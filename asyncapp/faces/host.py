@@ -1,0 +1,70 @@
+"""What the faces (API, CLI, dashboard) need from the app they are attached to.
+
+The :class:`~asyncapp.app.AsyncApp` extension sits above the faces: it
+registers them, and they reach it back through :class:`Host`, a protocol of
+the few things they use, rather than by importing it; so imports point one
+way.  :data:`STATUS` is the one table of our exceptions to HTTP statuses,
+shared by the API's JSON errors and the dashboard's pages.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, cast
+
+from flask import current_app
+
+from asyncapp.errors import (
+    AsyncAppError,
+    DatabaseUnavailable,
+    InvalidJob,
+    JobBusy,
+    JobExists,
+    JobNotFound,
+    NotRunning,
+    UnknownFunction,
+)
+from asyncapp.runtime import Runtime
+from asyncapp.service.jobs import JobService
+from asyncapp.settings import Settings
+
+
+class Host(Protocol):
+    """The extension as the faces see it."""
+
+    settings: Settings
+    runtime: Runtime
+
+    def service(self) -> JobService:
+        """The job service of the running app. :raises NotRunning: when not started."""
+        ...
+
+    def offline_service(self, *, writes: bool = True) -> AbstractAsyncContextManager[JobService]:
+        """A job service over the database alone (CLI commands)."""
+        ...
+
+    def cli_runtime(self) -> AbstractAsyncContextManager[Runtime]:
+        """A runtime that runs a job now but fires nothing on schedule."""
+        ...
+
+
+def host() -> Host:
+    """The extension attached to the current Flask app."""
+    return cast(Host, current_app.extensions["asyncapp"])
+
+
+#: Our exceptions to status codes: the one place where errors become statuses.
+STATUS: list[tuple[type[AsyncAppError], int]] = [
+    (InvalidJob, 422),
+    (UnknownFunction, 422),
+    (JobNotFound, 404),
+    (JobExists, 409),
+    (JobBusy, 409),
+    (NotRunning, 503),
+    (DatabaseUnavailable, 503),
+]
+
+
+def status_of(exc: AsyncAppError) -> int:
+    """The HTTP status that answers ``exc`` (400 for an error not in :data:`STATUS`)."""
+    return next((code for kind, code in STATUS if isinstance(exc, kind)), 400)
