@@ -284,7 +284,7 @@ async def test_limits_on_jobs_and_argument_size_are_clear_422s(
 async def test_pruning_keeps_the_newest_runs_and_those_in_progress(
     make_app: Callable[..., Flask],
 ) -> None:
-    from asyncapp.store.runs import Run
+    from asyncapp.model.run import Run
     from asyncapp.store.tables import runs_table
 
     app = make_app(history_per_job=3, history_days=7)
@@ -313,7 +313,7 @@ async def test_pruning_keeps_the_newest_runs_and_those_in_progress(
 def test_error_types_are_named_as_users_import_them() -> None:
     import httpx
 
-    from asyncapp.store.runs import qualified_name
+    from asyncapp.model.run import qualified_name
 
     assert qualified_name(ValueError("x")) == "ValueError"
     assert qualified_name(httpx.ConnectError("x")) == "httpx.ConnectError"
