@@ -15,9 +15,8 @@ When the loop is free again, one warning says it all::
 
 and ``asyncapp_event_loop_held{by="job"}`` counts it.  A thread is the only
 observer that still runs while the loop is held; it only reads, it never
-touches the loop's objects.  ``asyncio.tasks._current_tasks`` (CPython 3.11,
-the dict ``asyncio.current_task`` reads) is read from that thread: the one
-private name used here.
+touches the loop's objects.  It reads ``asyncio.tasks._current_tasks`` (the dict
+``asyncio.current_task`` reads) through :func:`asyncapp.compat.current_tasks`.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from asyncapp import metrics
+from asyncapp import compat, metrics
 
 log = logging.getLogger("asyncapp.watchdog")
 
@@ -141,8 +140,7 @@ class Watchdog:
     def _culprit(self) -> tuple[str, str, str]:
         """(kind, what, where) is holding the loop, read from the loop thread's frame."""
         loop = self._loop
-        current: dict[Any, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
-        task = current.get(loop) if loop is not None else None
+        task = compat.current_tasks().get(loop) if loop is not None else None
         try:
             kind, what = self.describe(task)
         except Exception:  # describing must never break the watchdog

@@ -36,6 +36,7 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING, TIMEOUT_MAX, BaseScheduler
 
+from asyncapp import compat
 from asyncapp.constants import (
     SCHEDULER_PAUSED_STATE,
     SCHEDULER_RUNNING,
@@ -72,7 +73,7 @@ class Scheduler(AsyncIOScheduler):
         if not self.running:
             raise SchedulerNotRunningError
         BaseScheduler.shutdown(self, wait=False)
-        self._stop_timer()
+        compat.stop_timer(self)
 
     def follow(self, state: SchedulerState) -> None:
         """Fire or not, as the stored scheduler-wide state says."""
@@ -103,7 +104,7 @@ class Scheduler(AsyncIOScheduler):
             return self.stored_state
         return SCHEDULER_PAUSED_STATE if self.state == STATE_PAUSED else SCHEDULER_RUNNING
 
-    def _process_jobs(self) -> float | None:
+    def _process_jobs(self) -> float | None:  # an internal: asyncapp.compat names it
         if self.state == STATE_PAUSED or self.held:
             return None
         now = datetime.now(UTC)

@@ -45,6 +45,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from asyncapp import compat
 from asyncapp.constants import (
     CRON_FIELDS,
     INTERVAL_UNITS,
@@ -181,7 +182,8 @@ class ZonedCronTrigger(CronTrigger):
     ``apscheduler/triggers/cron/__init__.py``; pinned by ``apscheduler>=3.11.2,<4``):
     the constructor's arguments; ``fields``, each with ``name`` and its
     expression as ``str(field)``; the ``timezone``, ``start_date``, ``end_date``
-    and ``jitter`` attributes; and ``BaseTrigger._apply_jitter``.
+    and ``jitter`` attributes; and ``BaseTrigger._apply_jitter`` (through
+    :func:`asyncapp.compat.apply_jitter`).
     """
 
     __slots__ = ("_twin", "wall_clock")
@@ -214,8 +216,7 @@ class ZonedCronTrigger(CronTrigger):
         found = self._by_wall_clock(since) if self.wall_clock else self._by_instant(since)
         if found is None or (self.end_date is not None and found > self.end_date):
             return None
-        result: datetime = self._apply_jitter(found, self.jitter, now)
-        return result
+        return compat.apply_jitter(self, found, self.jitter, now)
 
     def _by_wall_clock(self, since: datetime) -> datetime | None:
         """The first instant at or after ``since`` when the clock first reaches a matching time."""
