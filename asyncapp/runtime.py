@@ -31,6 +31,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, AsyncExitStack
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -62,6 +63,7 @@ from asyncapp.settings import Settings
 from asyncapp.store.claims import Reasons
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import JobStore
+from asyncapp.store.processes import Process
 from asyncapp.store.runs import prune
 from asyncapp.watchdog import Watchdog
 from asyncapp.watchdog import requests as watchdog_requests
@@ -75,6 +77,31 @@ PRUNE_BATCH = 1000
 #: Seconds between attempts to reach the database again after a failed claim.
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 RESULTS_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """The parts only a server process has: it fires jobs on schedule."""
+
+    cache: JobCache
+    scheduler: Scheduler
+    feed: ChangeFeed
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Everything a started runtime owns, built at start and closed in reverse order."""
+
+    db: Database
+    http: httpx.AsyncClient
+    membership: Membership
+    recorder: Recorder
+    runner: Runner
+    dispatcher: Dispatcher
+    service: JobService
+    watchdog: Watchdog
+    #: None in a ``role="cli"`` process, and in a server until its scheduler starts.
+    firing: Firing | None = None
 
 
 class Runtime(Hooks):
@@ -93,11 +120,12 @@ class Runtime(Hooks):
         self.role = role
         self._run_context = run_context
         self._stack: AsyncExitStack | None = None
-        self._parts: dict[str, Any] = {}
+        self._parts: Parts | None = None
         self._grace = settings.shutdown_grace
         self._paused_since: datetime | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._reasons = Reasons(started_at=datetime.now(UTC))
 
     # -- accessors: each raises NotRunning before start / after stop --------------
 
@@ -105,53 +133,63 @@ class Runtime(Hooks):
     def started(self) -> bool:
         return self._stack is not None
 
+    def _running(self, what: str) -> Parts:
+        # Parts stay reachable while they are being stopped (runs being drained,
+        # the feed finishing a read): they go only once the stack is closed.
+        if self._parts is None:
+            raise NotRunning(what)
+        return self._parts
+
+    def _firing(self, what: str) -> Firing:
+        firing = self._running(what).firing
+        if firing is None:
+            raise NotRunning(what)
+        return firing
+
     @property
     def db(self) -> Database:
-        return self._part("db", "the database")  # type: ignore[no-any-return]
+        return self._running("the database").db
 
     @property
     def http(self) -> httpx.AsyncClient:
-        return self._part("http", "http_client()")  # type: ignore[no-any-return]
+        return self._running("http_client()").http
 
     @property
     def service(self) -> JobService:
-        return self._part("service", "the job service")  # type: ignore[no-any-return]
-
-    @property
-    def scheduler(self) -> Scheduler:
-        return self._part("scheduler", "the scheduler")  # type: ignore[no-any-return]
-
-    @property
-    def cache(self) -> JobCache:
-        return self._part("cache", "the job cache")  # type: ignore[no-any-return]
+        return self._running("the job service").service
 
     @property
     def dispatcher(self) -> Dispatcher:
-        return self._part("dispatcher", "the job executor")  # type: ignore[no-any-return]
+        return self._running("the job executor").dispatcher
 
     @property
     def membership(self) -> Membership:
-        return self._part("membership", "the process registry")  # type: ignore[no-any-return]
+        return self._running("the process registry").membership
 
     @property
     def recorder(self) -> Recorder:
-        return self._part("recorder", "the run recorder")  # type: ignore[no-any-return]
+        return self._running("the run recorder").recorder
 
     @property
     def watchdog(self) -> Watchdog:
-        return self._part("watchdog", "the loop watchdog")  # type: ignore[no-any-return]
+        return self._running("the loop watchdog").watchdog
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._firing("the scheduler").scheduler
+
+    @property
+    def cache(self) -> JobCache:
+        return self._firing("the job cache").cache
 
     @property
     def feed(self) -> ChangeFeed:
-        return self._part("feed", "the change feed")  # type: ignore[no-any-return]
+        return self._firing("the change feed").feed
 
-    def _part(self, name: str, what: str) -> Any:
-        # Parts stay reachable while they are being stopped (runs being drained,
-        # the feed finishing a read): they go only once the stack is closed.
-        value = self._parts.get(name)
-        if value is None:
-            raise NotRunning(what)
-        return value
+    @property
+    def _fired(self) -> Firing | None:
+        """The firing parts if there are any now (callbacks may come before or after)."""
+        return None if self._parts is None else self._parts.firing
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -167,7 +205,7 @@ class Runtime(Hooks):
         except BaseException:
             self._stack = None
             await stack.aclose()
-            self._parts.clear()
+            self._parts = None
             raise
         if self.role == SERVER:
             log.info(
@@ -199,21 +237,21 @@ class Runtime(Hooks):
         try:
             await stack.aclose()
         finally:
-            self._parts.clear()
+            self._parts = None
         if self.role == SERVER:
             log.info("asyncapp stopped on %s (process %s)", *where)
 
     async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings
-        db = self._parts["db"] = Database(settings.database_url)
+        db = Database(settings.database_url)
         stack.push_async_callback(db.close)
         await db.open()
 
-        client = self._parts["http"] = http.open_client(settings)
+        client = http.open_client(settings)
         stack.push_async_callback(http.close_client, client)
         _import_job_modules(settings.job_modules)
 
-        membership = self._parts["membership"] = Membership(
+        membership = Membership(
             db,
             settings,
             role=self.role,
@@ -224,15 +262,10 @@ class Runtime(Hooks):
             local_runs=self._local_runs,
             on_abandoned=self._abandon,
         )
-        await membership.join()
-        stack.push_async_callback(membership.leave)
-        recorder = self._parts["recorder"] = Recorder(db, membership.id)
-        recorder.start()
-        stack.push_async_callback(self._stop_recorder)
-        self._reasons = Reasons(started_at=datetime.now(UTC))
+        recorder = Recorder(db, membership.id)
         runner = Runner(recorder, settings, self._job_context)
-        stack.callback(runner.close)
-        dispatcher = self._parts["dispatcher"] = Dispatcher(
+        self._reasons = Reasons(started_at=datetime.now(UTC))
+        dispatcher = Dispatcher(
             db,
             runner,
             node=settings.node_name,
@@ -240,30 +273,42 @@ class Runtime(Hooks):
             reasons=self._reasons,
             hooks=self,
         )
+        self._parts = Parts(
+            db=db,
+            http=client,
+            membership=membership,
+            recorder=recorder,
+            runner=runner,
+            dispatcher=dispatcher,
+            service=JobService(db, self.tasks, settings, local=self),
+            watchdog=Watchdog(settings.loop_lag_threshold, self._culprit),
+        )
+        await membership.join()
+        stack.push_async_callback(membership.leave)
+        recorder.start()
+        stack.push_async_callback(self._stop_recorder)
+        stack.callback(runner.close)
         dispatcher.start()
         stack.push_async_callback(self._drain)
-        service = self._parts["service"] = JobService(db, self.tasks, settings, local=self)
         membership.start()
         if self.role == SERVER:
-            await self._open_scheduler(stack, db, dispatcher, service)
+            await self._open_scheduler(stack)
         # Last: startup itself (imports, the garbage collection) holds the loop.
-        watchdog = self._parts["watchdog"] = Watchdog(settings.loop_lag_threshold, self._culprit)
-        watchdog.start()
-        stack.push_async_callback(watchdog.stop)
+        self.watchdog.start()
+        stack.push_async_callback(self.watchdog.stop)
 
-    async def _open_scheduler(
-        self, stack: AsyncExitStack, db: Database, dispatcher: Dispatcher, service: JobService
-    ) -> None:
-        settings = self.settings
-
+    async def _open_scheduler(self, stack: AsyncExitStack) -> None:
+        parts = self._running("the runtime")
+        db, settings = parts.db, self.settings
         store = JobStore(db)
-        feed = self._parts["feed"] = ChangeFeed(db, store, settings.sync_interval, self._apply)
+        feed = ChangeFeed(db, store, settings.sync_interval, self._apply)
         await feed.mark()
-        await self._apply_declarations(service)
+        await self._apply_declarations(parts.service)
         jobs, state = await db.read(lambda conn: (store.all(conn), store.scheduler_state(conn)))
-        cache = self._parts["cache"] = JobCache(self.tasks, settings.zone)
+        cache = JobCache(self.tasks, settings.zone)
         cache.load(jobs)
-        scheduler = self._parts["scheduler"] = Scheduler(cache, dispatcher)
+        scheduler = Scheduler(cache, parts.dispatcher)
+        self._parts = replace(parts, firing=Firing(cache, scheduler, feed))
         scheduler.stored_state = state
         scheduler.start(paused=state != SCHEDULER_RUNNING)
         if state != SCHEDULER_RUNNING:
@@ -276,16 +321,16 @@ class Runtime(Hooks):
         _freeze_startup_objects()
 
     def _stop_scheduler(self) -> None:
-        scheduler = self._parts.get("scheduler")
-        if scheduler is not None and scheduler.running:
-            scheduler.shutdown()
+        fired = self._fired
+        if fired is not None and fired.scheduler.running:
+            fired.scheduler.shutdown()
 
     async def _drain(self) -> None:
         """Stop planning and claiming; give running jobs the grace; cancel the rest."""
-        scheduler = self._parts.get("scheduler")
-        if scheduler is not None and scheduler.running:
-            scheduler.pause()
-        dispatcher: Dispatcher = self._parts["dispatcher"]
+        fired = self._fired
+        if fired is not None and fired.scheduler.running:
+            fired.scheduler.pause()
+        dispatcher = self.dispatcher
         await dispatcher.stop()
         cancelled = await dispatcher.drain(self._grace)
         if cancelled:
@@ -294,7 +339,7 @@ class Runtime(Hooks):
             )
 
     async def _stop_recorder(self) -> None:
-        await self._parts["recorder"].stop(RESULTS_TIMEOUT)
+        await self.recorder.stop(RESULTS_TIMEOUT)
 
     @contextlib.contextmanager
     def _job_context(self) -> Iterator[None]:
@@ -302,16 +347,13 @@ class Runtime(Hooks):
             yield
 
     def _process_info(self) -> dict[str, Any]:
-        scheduler = self._parts.get("scheduler")
-        dispatcher = self._parts.get("dispatcher")
-        recorder = self._parts.get("recorder")
-        cache = self._parts.get("cache")
+        parts, fired = self._parts, self._fired
         return {
-            "state": scheduler.state_name if scheduler is not None else "none",
-            "runs_in_progress": dispatcher.running if dispatcher is not None else 0,
-            "results_pending": recorder.pending if recorder is not None else 0,
-            "jobs": len(cache.entries()) if cache is not None else 0,
-            "broken_jobs": len(cache.broken) if cache is not None else 0,
+            "state": fired.scheduler.state_name if fired is not None else "none",
+            "runs_in_progress": parts.dispatcher.running if parts is not None else 0,
+            "results_pending": parts.recorder.pending if parts is not None else 0,
+            "jobs": len(fired.cache.entries()) if fired is not None else 0,
+            "broken_jobs": len(fired.cache.broken) if fired is not None else 0,
         }
 
     def update_gauges(self) -> None:
@@ -323,8 +365,8 @@ class Runtime(Hooks):
         """This process and the cluster as last seen, without asking the database."""
         if not self.started:
             return {"state": "stopped", "running": False}
-        scheduler = self._parts.get("scheduler")
-        state = scheduler.state_name if scheduler is not None else "none"
+        fired = self._fired
+        state = fired.scheduler.state_name if fired is not None else "none"
         membership = self.membership
         return {
             "state": state,
@@ -399,18 +441,18 @@ class Runtime(Hooks):
     # -- asyncapp.service.jobs.Local ------------------------------------------------------
 
     def applied(self, jobs: Iterable[JobDef], removed: Iterable[str]) -> None:
-        cache = self._parts.get("cache")
-        if cache is None:
+        fired = self._fired
+        if fired is None:
             return
         for job in jobs:
-            cache.put(job)
+            fired.cache.put(job)
         for job_id in removed:
-            cache.drop(job_id)
+            fired.cache.drop(job_id)
         self._wake()
 
     def state_applied(self, state: SchedulerState) -> None:
-        scheduler = self._parts.get("scheduler")
-        if scheduler is None:
+        fired = self._fired
+        if fired is None:
             return
         now = datetime.now(UTC)
         if state != SCHEDULER_RUNNING and self._paused_since is None:
@@ -418,7 +460,7 @@ class Runtime(Hooks):
         elif state == SCHEDULER_RUNNING and self._paused_since is not None:
             self._reasons.pauses.append((self._paused_since, now))
             self._paused_since = None
-        scheduler.follow(state)
+        fired.scheduler.follow(state)
 
     async def run_now(self, job: JobDef) -> Run:
         task = self.tasks.resolve(job.func)
@@ -435,8 +477,8 @@ class Runtime(Hooks):
     # -- asyncapp.engine.dispatch.Hooks -------------------------------------------------
 
     def job_for(self, job_id: str) -> tuple[JobDef, Callable[..., Any]] | None:
-        cache = self._parts.get("cache")
-        entry = cache.entry(job_id) if cache is not None else None
+        fired = self._fired
+        entry = fired.cache.entry(job_id) if fired is not None else None
         if entry is not None:
             return entry.job, entry.func
         return None
@@ -450,19 +492,19 @@ class Runtime(Hooks):
 
     def database_down(self, submissions: list[Submission]) -> None:
         self._restore(submissions)
-        scheduler = self._parts.get("scheduler")
-        if scheduler is not None:
-            scheduler.hold()
+        fired = self._fired
+        if fired is not None:
+            fired.scheduler.hold()
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = self._spawn(self._reconnect(datetime.now(UTC)))
 
     def _restore(self, submissions: list[Submission]) -> None:
-        cache = self._parts.get("cache")
-        if cache is None:
+        fired = self._fired
+        if fired is None:
             return
         for submission in submissions:
             due = submission.due
-            cache.restore(submission.job, due.folded[0] if due.folded else due.times[0])
+            fired.cache.restore(submission.job, due.folded[0] if due.folded else due.times[0])
 
     async def _reconnect(self, since: datetime) -> None:
         """Retry the database until it answers; then fire again, catching up."""
@@ -477,9 +519,9 @@ class Runtime(Hooks):
             break
         self._reasons.outages.append((since, datetime.now(UTC)))
         await self._reload(set())
-        scheduler = self._parts.get("scheduler")
-        if scheduler is not None:
-            scheduler.release()
+        fired = self._fired
+        if fired is not None:
+            fired.scheduler.release()
 
     # -- the change feed ----------------------------------------------------------
 
@@ -494,33 +536,32 @@ class Runtime(Hooks):
         found, state = await self.db.read(
             lambda conn: (store.some(conn, ids), store.scheduler_state(conn))
         )
-        cache = self._parts.get("cache")
-        if cache is None:
+        fired = self._fired
+        if fired is None:
             return
         for job_id in ids:
             if job_id in found:
-                cache.put(found[job_id])
+                fired.cache.put(found[job_id])
             else:
-                cache.drop(job_id)
+                fired.cache.drop(job_id)
         self.state_applied(state)
         self._wake()
 
     def _wake(self) -> None:
-        scheduler = self._parts.get("scheduler")
-        if scheduler is not None and scheduler.running:
-            scheduler.wakeup()
+        fired = self._fired
+        if fired is not None and fired.scheduler.running:
+            fired.scheduler.wakeup()
 
     # -- cluster ------------------------------------------------------------------
 
-    def _on_live(self, _: list[Any]) -> None:
-        dispatcher = self._parts.get("dispatcher")
-        if dispatcher is not None:
-            dispatcher.rank = self._parts["membership"].ranking()
+    def _on_live(self, _: list[Process]) -> None:
+        if self._parts is not None:
+            self._parts.dispatcher.rank = self._parts.membership.ranking()
 
     def _rerun(self, reruns: list[tuple[Run, JobDef]]) -> None:
-        dispatcher = self._parts.get("dispatcher")
-        if dispatcher is None:
+        if self._parts is None:
             return
+        dispatcher = self._parts.dispatcher
         for run, job in reruns:
             log.warning(
                 "job %s run %s: taking it over from a dead process (attempt %d)",
@@ -532,8 +573,7 @@ class Runtime(Hooks):
 
     def _culprit(self, task: asyncio.Task[Any] | None) -> tuple[str, str]:
         """What ``task`` is, for the watchdog: ("job", ...), ("request", ...) or ("other", ...)."""
-        dispatcher = self._parts.get("dispatcher")
-        run = dispatcher.run_of(task) if dispatcher is not None else None
+        run = self._parts.dispatcher.run_of(task) if self._parts is not None else None
         if run is not None:
             return "job", f"job {run.job_id} run {run.id}"
         request = watchdog_requests.get(task) if task is not None else None
@@ -544,13 +584,11 @@ class Runtime(Hooks):
         return "other", f"task {task.get_name()}"
 
     def _local_runs(self) -> list[str]:
-        dispatcher = self._parts.get("dispatcher")
-        return dispatcher.run_ids() if dispatcher is not None else []
+        return self._parts.dispatcher.run_ids() if self._parts is not None else []
 
     def _abandon(self, run_ids: list[str]) -> None:
-        dispatcher = self._parts.get("dispatcher")
-        if dispatcher is not None:
-            dispatcher.abandon(run_ids)
+        if self._parts is not None:
+            self._parts.dispatcher.abandon(run_ids)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
