@@ -37,7 +37,7 @@ CommaList = Annotated[list[str], NoDecode]
 
 def default_database_url() -> str:
     """A SQLite file under ``./instance/`` of the working directory."""
-    return f"sqlite:///{Path('instance').resolve() / 'asyncapp.store.database'}"
+    return f"sqlite:///{Path('instance').resolve() / 'asyncapp.db'}"
 
 
 class Settings(BaseSettings):
