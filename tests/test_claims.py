@@ -30,6 +30,16 @@ from asyncapp.store.jobs import JobStore
 from asyncapp.store.tables import attempts_table, processes_table, runs_table
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """``NOW`` is each test's own start: a time taken at collection is minutes old by the
+    time a test runs in a full suite on a loaded machine, past the misfire grace."""
+    global NOW
+    NOW = datetime.now(UTC).replace(microsecond=0)
+
+
 SPEC = {"type": "interval", "seconds": 1, "start_date": "2026-01-01T00:00:00+00:00"}
 
 
