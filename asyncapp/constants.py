@@ -28,7 +28,6 @@ RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
     "missed",
     "interrupted",
 )
-FINAL_STATUSES: Final = frozenset(RUN_STATUSES) - {RUNNING, "waiting"}
 
 # Why a scheduled time did not run (``missed`` runs carry one in ``reason``).
 COALESCED: Final = "coalesced"  # a later time of the same job ran instead (coalesce)
@@ -38,16 +37,6 @@ DATABASE_DOWN: Final = "database_unavailable"  # the database could not record a
 OVERLAP: Final = "overlap"  # max_instances runs of the job were still in progress
 SCHEDULER_PAUSED: Final = "scheduler_paused"  # the scheduler was paused or stopped
 REMOVED: Final = "removed"  # a waiting run whose job was removed
-
-MissedReason = Literal[
-    "coalesced",
-    "late",
-    "no_scheduler",
-    "database_unavailable",
-    "overlap",
-    "scheduler_paused",
-    "removed",
-]
 MISSED_REASONS: Final[dict[str, str]] = {
     COALESCED: "coalesced into a later run of the same job",
     LATE: "could not start within misfire_grace_time of its scheduled time",
@@ -78,7 +67,6 @@ SKIP: Final = "skip"  # a run due while one runs is recorded missed (overlap)
 BUFFER_ONE: Final = "buffer_one"  # it starts when the running one ends; at most one waits
 ALLOW: Final = "allow"  # it runs alongside, up to max_instances
 CANCEL_OTHER: Final = "cancel_other"  # the running one is cancelled, then it starts
-OVERLAP_POLICIES: Final[tuple[OverlapPolicy, ...]] = (SKIP, BUFFER_ONE, ALLOW, CANCEL_OTHER)
 
 #: Job options besides the function, trigger and arguments, in API order.
 JOB_OPTIONS: Final = (
@@ -95,7 +83,6 @@ JOB_OPTIONS: Final = (
 # -- changes -------------------------------------------------------------------------
 
 ChangeSource = Literal["api", "cli", "dashboard", "code"]
-CHANGE_SOURCES: Final[tuple[ChangeSource, ...]] = ("api", "cli", "dashboard", "code")
 
 ADD: Final = "add"
 MODIFY: Final = "modify"
@@ -103,7 +90,6 @@ PAUSE: Final = "pause"
 RESUME: Final = "resume"
 REMOVE: Final = "remove"
 RUN_NOW: Final = "run"
-CANCEL: Final = "cancel"  # a run cancelled by the overlap policy cancel_other
 SCHEDULER: Final = "scheduler"  # a change of the scheduler-wide state
 
 # -- the scheduler -------------------------------------------------------------------
@@ -112,7 +98,6 @@ SchedulerState = Literal["running", "paused", "stopped"]
 SCHEDULER_RUNNING: Final = "running"
 SCHEDULER_PAUSED_STATE: Final = "paused"
 SCHEDULER_STOPPED: Final = "stopped"
-SCHEDULER_STATES: Final[tuple[SchedulerState, ...]] = ("running", "paused", "stopped")
 
 # -- triggers ------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ def health_blueprint() -> Blueprint:
         """Readiness: the database answers and this process fires; 503 and why otherwise."""
         runtime = host().runtime
         problems = runtime.problems()
-        if runtime.started and not any("database" in problem for problem in problems):
+        # A database already known to be down is reported as such, without another wait.
+        if runtime.started and runtime.db.down_since is None:
             try:
                 async with asyncio.timeout(READY_TIMEOUT):
                     await runtime.ping()

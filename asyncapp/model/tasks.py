@@ -10,7 +10,6 @@ any app exists; the runtime imports ``ASYNCAPP_JOB_MODULES`` and then reads it.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
@@ -49,10 +48,6 @@ class Task:
     ref: str
     func: Callable[..., Any]
     schedule: Schedule | None = None
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func)
 
 
 class Registry:

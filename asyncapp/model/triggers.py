@@ -320,11 +320,6 @@ def trigger_to_spec(trigger: BaseTrigger) -> Spec:
     raise TypeError(f"unsupported trigger type {type(trigger).__name__}")
 
 
-def trigger_fields(trigger: BaseTrigger) -> dict[str, Any]:
-    """Flask-APScheduler's flat job JSON for a trigger: ``trigger`` plus set fields."""
-    return spec_fields(trigger_to_spec(trigger))
-
-
 def spec_fields(spec: Spec) -> dict[str, Any]:
     """Flat job JSON fields of a trigger spec: ``trigger`` plus the fields that are set."""
     spec = dict(spec)

@@ -30,12 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Table, create_engine, event, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.sql.dml import Insert
 
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.store.migrate import current_revision, head_revision, migrate
@@ -164,12 +162,7 @@ class Database:
         self.engine = engine
         self._write_engine = engine.execution_options(asyncapp_write=True)
 
-    # -- dialect differences, in one place ----------------------------------------
-
-    def insert_ignoring_conflicts(self, table: Table, *keys: str) -> Insert:
-        """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for this dialect."""
-        dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert
-        return dialect_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    # -- dialect differences ------------------------------------------------------
 
     def clock(self, conn: Connection) -> float:
         """Now, in epoch seconds, by the database server's clock on PostgreSQL.
