@@ -51,7 +51,7 @@ def current_tasks() -> dict[asyncio.AbstractEventLoop, asyncio.Task[Any]]:
 
 def stop_timer(scheduler: AsyncIOScheduler) -> None:
     """Cancel the scheduler's pending wakeup."""
-    scheduler._stop_timer()  # type: ignore[attr-defined]
+    scheduler._stop_timer()
 
 
 def apply_jitter(

@@ -59,10 +59,12 @@ class JobCache(MemoryJobStore):
         self.broken: dict[str, str] = {}
 
     def entry(self, job_id: str) -> Entry | None:
-        return self.lookup_job(job_id)  # type: ignore[no-any-return]
+        found: Entry | None = self.lookup_job(job_id)
+        return found
 
     def entries(self) -> list[Entry]:
-        return self.get_all_jobs()  # type: ignore[no-any-return]
+        found: list[Entry] = self.get_all_jobs()
+        return found
 
     def load(self, jobs: Iterable[JobDef]) -> None:
         """Replace the whole cache (at start)."""

@@ -109,7 +109,8 @@ class Runner:
         ceiling = min(
             self.settings.retry_backoff * 2 ** (attempt - 1), self.settings.retry_backoff_max
         )
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - spreading, not security
+        wait: float = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - spreading
+        return wait
 
     async def run(self, run: Run, job: JobDef, func: Callable[..., Any]) -> Run:
         """Run ``job``'s body for ``run`` until it succeeds or its retries are spent.

@@ -129,7 +129,8 @@ class Scheduler(AsyncIOScheduler):
         next_run = self.cache.get_next_run_time()
         if next_run is None:
             return None
-        return min(max((next_run - datetime.now(UTC)).total_seconds(), 0.0), TIMEOUT_MAX)
+        wait: float = min(max((next_run - datetime.now(UTC)).total_seconds(), 0.0), TIMEOUT_MAX)
+        return wait
 
 
 def plan(

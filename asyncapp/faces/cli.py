@@ -90,7 +90,8 @@ def _call(action: Callable[[JobService], Awaitable[T]], *, writes: bool = False)
 
 def _run(coro: Awaitable[T]) -> T:
     try:
-        return asyncio.run(cast(Any, coro))
+        result: T = asyncio.run(cast(Any, coro))
+        return result
     except InvalidJob as exc:
         detail = "\n".join(f"  {e['field']}: {e['message']}" for e in exc.errors)
         raise click.ClickException(f"invalid job:\n{detail}") from None

@@ -26,14 +26,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from asyncapp.constants import SchedulerState
+from asyncapp.constants import RunStatus, SchedulerState
 from asyncapp.service.schemas import (
     JobCreate,
     JobUpdate,
     PageQuery,
     PauseRequest,
     RunQuery,
-    RunStatus,
     ShutdownRequest,
     UpcomingQuery,
 )

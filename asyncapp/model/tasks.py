@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from asyncapp.constants import TRIGGER_TYPES
 from asyncapp.errors import UnknownFunction
-from asyncapp.model.triggers import TRIGGER_TYPES, Spec, spec_from_args
+from asyncapp.model.triggers import Spec, spec_from_args
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -242,7 +242,8 @@ class ZonedCronTrigger(CronTrigger):
                 # back, and shows earlier times again before it reaches later ones.
                 change = _change(zone, since, local.replace(fold=1))
                 if wall is not None and wall <= _wall(change - TICK, zone):
-                    return wall.replace(tzinfo=zone).astimezone(UTC)
+                    found: datetime = wall.replace(tzinfo=zone).astimezone(UTC)
+                    return found
                 since = change
                 continue
             if wall is None:

@@ -20,12 +20,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from asyncapp.constants import JOB_OPTIONS, SECONDS_PER, TRIGGER_NAMES
+from asyncapp.constants import CRON_FIELDS, JOB_OPTIONS, SECONDS_PER, TRIGGER_NAMES, TriggerType
 from asyncapp.errors import InvalidJob
 from asyncapp.model.triggers import build_trigger
 from asyncapp.service.schemas import (
     ALL_TRIGGER_FIELDS,
-    CRON_FIELDS,
     INTERVAL_FIELDS,
     MAX_INTERVAL_SECONDS,
     MIN_INTERVAL_SECONDS,
@@ -39,7 +38,6 @@ from asyncapp.service.schemas import (
     PauseRequest,
     RunQuery,
     ShutdownRequest,
-    TriggerType,
     UpcomingQuery,
 )
 

@@ -362,7 +362,7 @@ def reap(
         again = Run(
             id=orphan.id,
             job_id=orphan.job_id,
-            scheduled_for=as_utc(orphan.scheduled_for),  # type: ignore[arg-type]
+            scheduled_for=as_utc(orphan.scheduled_for),
             node=node,
             process_id=process_id,
             started_at=now,
@@ -449,7 +449,7 @@ def _promote(
             Run(
                 id=row.id,
                 job_id=row.job_id,
-                scheduled_for=as_utc(row.scheduled_for),  # type: ignore[arg-type]
+                scheduled_for=as_utc(row.scheduled_for),
                 node=node or row.node,
                 process_id=process_id,
                 started_at=now,

@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
@@ -147,7 +147,7 @@ class JobStore:
         state = conn.execute(
             select(scheduler_table.c.state).where(scheduler_table.c.id == 1)
         ).scalar()
-        return state or SCHEDULER_RUNNING  # type: ignore[return-value]
+        return cast(SchedulerState, state or SCHEDULER_RUNNING)
 
     def last_change_id(self, conn: Connection) -> int:
         return int(
@@ -271,7 +271,7 @@ def _change(row: Any) -> Change:
         detail = {}
     return Change(
         id=row.id,
-        at=as_utc(row.at),  # type: ignore[arg-type]
+        at=as_utc(row.at),
         job_id=row.job_id,
         action=row.action,
         source=row.source,

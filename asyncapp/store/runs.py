@@ -25,7 +25,7 @@ def run_from_row(row: Any) -> Run:
     return Run(
         id=row.id,
         job_id=row.job_id,
-        scheduled_for=as_utc(row.scheduled_for),  # type: ignore[arg-type]
+        scheduled_for=as_utc(row.scheduled_for),
         started_at=as_utc(row.started_at),
         ended_at=as_utc(row.ended_at),
         status=row.status,

@@ -140,7 +140,8 @@ class FlaskToAsgi:
                 await _send_whole(send, 400, b"Bad Request: Too many duplicate headers")
                 return
             if self.greenlets and self._endpoint_is_async(environ):
-                instance.sync_send = functools.partial(_await_send, send)
+                # asgiref declares AsyncToSync; it only ever calls it with the message.
+                instance.sync_send = functools.partial(_await_send, send)  # type: ignore[assignment]
                 buffered = await _run_in_greenlet(_respond, self.flask_app, instance, environ)
             else:
                 instance.sync_send = AsyncToSync(send)
