@@ -10,6 +10,7 @@ operator: it names the job, function or setting, never internal state.
     ├── JobNotFound(LookupError)       an id that is not there
     ├── UnknownFunction(LookupError)   a func reference that is not a registered @task
     ├── JobBusy(RuntimeError)          a run was asked for while max_instances runs are going
+    ├── KeyReused(ValueError)          an Idempotency-Key sent again with another request
     ├── NotRunning(RuntimeError)       asyncapp's runtime is not started in this process
     └── DatabaseUnavailable(ConnectionError)
                                        the database did not answer or refused a write;
@@ -79,6 +80,16 @@ class JobBusy(AsyncAppError, RuntimeError):
         self.job_id = job_id
         super().__init__(
             f"job {job_id!r} already has {max_instances} run(s) in progress (its max_instances)"
+        )
+
+
+class KeyReused(AsyncAppError, ValueError):
+    """An ``Idempotency-Key`` came again with a request other than the one it first came with."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was first sent with another request; use a new key for a "
+            "new request"
         )
 
 

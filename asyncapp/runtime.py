@@ -29,6 +29,7 @@ import contextlib
 import gc
 import importlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, AsyncExitStack
 from dataclasses import dataclass, replace
@@ -60,6 +61,7 @@ from asyncapp.model.tasks import Registry, Task, registry
 from asyncapp.service.jobs import JobService
 from asyncapp.service.validation import parse_job_create
 from asyncapp.settings import Settings
+from asyncapp.store import requests
 from asyncapp.store.claims import Reasons
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import JobStore
@@ -403,13 +405,16 @@ class Runtime(Hooks):
 
     async def prune(self) -> int:
         """Delete run history beyond ``ASYNCAPP_HISTORY_DAYS`` / ``_PER_JOB``, in batches
-        (one transaction each, so claims get the write thread in between); returns how many."""
+        (one transaction each, so claims get the write thread in between); returns how many.
+        Answers kept for idempotency keys go after a day."""
         settings = self.settings
         older_than = (
             datetime.now(UTC) - timedelta(days=settings.history_days)
             if settings.history_days
             else None
         )
+        forget_before = time.time() - requests.KEEP_SECONDS
+        await self.db.write(lambda conn: requests.prune(conn, forget_before))
         total = 0
         while True:
             deleted = await self.db.write(
@@ -462,9 +467,9 @@ class Runtime(Hooks):
             self._paused_since = None
         fired.scheduler.follow(state)
 
-    async def run_now(self, job: JobDef) -> Run:
+    async def run_now(self, job: JobDef, *, run_id: str | None = None) -> Run:
         task = self.tasks.resolve(job.func)
-        return await self.dispatcher.run_now(job, task.func)
+        return await self.dispatcher.run_now(job, task.func, run_id=run_id)
 
     def info(self) -> dict[str, Any]:
         return {

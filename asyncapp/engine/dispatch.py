@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from asyncapp import metrics
-from asyncapp.constants import INTERRUPTED
+from asyncapp.constants import INTERRUPTED, RUNNING
 from asyncapp.engine.runner import Runner
 from asyncapp.errors import DatabaseUnavailable, JobBusy, JobNotFound, NotRunning
 from asyncapp.model.job import JobDef
@@ -161,15 +161,26 @@ class Dispatcher:
         else:
             self._loop.call_later(SPREAD_DELAY, self._queue, submission)
 
-    async def run_now(self, job: JobDef, func: Callable[..., Any]) -> Run:
+    async def run_now(
+        self, job: JobDef, func: Callable[..., Any], *, run_id: str | None = None
+    ) -> Run:
         """Claim a run of ``job`` at the current time and start it; returns it as started.
+
+        With ``run_id``, a run of that id claimed before (a retried request) is
+        returned as it is now, and nothing starts.
 
         :raises JobBusy: if ``max_instances`` runs of it are in progress cluster-wide.
         :raises JobNotFound: if the job is gone.
         :raises DatabaseUnavailable: if the claim could not be written.
         """
         due = Due(
-            job.id, job.version, [utcnow()], job.next_run_time, overlap=job.overlap, manual=True
+            job.id,
+            job.version,
+            [utcnow()],
+            job.next_run_time,
+            overlap=job.overlap,
+            manual=True,
+            run_id=run_id,
         )
         answer: asyncio.Future[Run] = self._loop.create_future()
         self._queue(Submission(due, job, func, answer))
@@ -282,6 +293,21 @@ class Dispatcher:
             return
         if outcome.won:
             answer.set_result(outcome.won[0])
+        elif outcome.replayed is not None:
+            replayed = outcome.replayed
+            if (
+                replayed.status == RUNNING
+                and replayed.process_id == self.process_id
+                and replayed.id not in self._runs
+            ):
+                # Claimed here by a transaction whose answer was lost: it never started.
+                log.warning(
+                    "job %s run %s: claimed earlier without starting (a lost answer); starting it",
+                    replayed.job_id,
+                    replayed.id,
+                )
+                self.start_runs([replayed], submission.job, submission.func)
+            answer.set_result(replayed)
         elif outcome.busy:
             answer.set_exception(JobBusy(submission.job.id, submission.job.max_instances))
         else:

@@ -22,6 +22,7 @@ they run on the server loop, where the scheduler lives.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -57,7 +58,7 @@ from asyncapp.faces.openapi import (
 )
 from asyncapp.model.change import Actor
 from asyncapp.model.tasks import registry
-from asyncapp.service.jobs import JobService
+from asyncapp.service.jobs import Idempotency, JobService
 from asyncapp.service.schemas import (
     JobCreate,
     JobUpdate,
@@ -79,6 +80,9 @@ from asyncapp.service.validation import (
 )
 
 log = logging.getLogger("asyncapp.api")
+
+#: Longest Idempotency-Key accepted (the column's width).
+MAX_IDEMPOTENCY_KEY = 255
 
 BLUEPRINT = "scheduler"  # endpoints are scheduler.<name>, as in Flask-APScheduler
 MAX_PATH_ID = 1024
@@ -204,6 +208,29 @@ def _body() -> Any:
         raise BadRequest("The body is not valid JSON.") from None
 
 
+def _idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key`` header: 1-255 printable ASCII characters, or None."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
+        raise InvalidJob(
+            [
+                {
+                    "field": "Idempotency-Key",
+                    "message": f"must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+                }
+            ]
+        )
+    return key
+
+
+def _fingerprint(body: Any) -> str:
+    """What a request asked, independent of key order and spacing."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -248,8 +275,11 @@ async def get_jobs() -> Response:
 
 
 async def add_job() -> Response:
-    spec = parse_job_create(_body())
-    return _json(await _service().add_job(spec, _actor()))
+    body = _body()
+    spec = parse_job_create(body)
+    key = _idempotency_key()
+    idempotency = None if key is None else Idempotency(key, _fingerprint(body))
+    return _json(await _service().add_job(spec, _actor(), idempotency=idempotency))
 
 
 async def get_job(job_id: str) -> Response:
@@ -277,7 +307,8 @@ async def resume_job(job_id: str) -> Response:
 
 async def run_job(job_id: str) -> Response:
     service = _service()
-    run = await service.run_job(_job_id(job_id), _actor())
+    key = _idempotency_key()
+    run = await service.run_job(_job_id(job_id), _actor(), idempotency_key=key)
     # Flask-APScheduler answers with the job; the run rides along for us.
     return _json({**await service.get_job(job_id), "run": run})
 
@@ -374,6 +405,7 @@ OPERATIONS: list[Operation] = [
         body_required=True,
         errors=(409,),
         view=add_job,
+        idempotent=True,
     ),
     Operation(
         "GET", "/jobs/<job_id>", "get_job", "Get a job", response=Job, errors=(404,), view=get_job
@@ -425,6 +457,7 @@ OPERATIONS: list[Operation] = [
         response=Job,
         errors=(409, 422),
         view=run_job,
+        idempotent=True,
     ),
     Operation(
         "GET",

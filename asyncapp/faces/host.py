@@ -21,6 +21,7 @@ from asyncapp.errors import (
     JobBusy,
     JobExists,
     JobNotFound,
+    KeyReused,
     NotRunning,
     UnknownFunction,
 )
@@ -60,6 +61,7 @@ STATUS: list[tuple[type[AsyncAppError], int]] = [
     (JobNotFound, 404),
     (JobExists, 409),
     (JobBusy, 409),
+    (KeyReused, 422),
     (NotRunning, 503),
     (DatabaseUnavailable, 503),
 ]

@@ -185,6 +185,18 @@ ERROR_DESCRIPTIONS = {
 }
 
 
+#: The ``Idempotency-Key`` header, as the operations that take it document it.
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Any string of 1-255 printable ASCII characters, new for each request. "
+    "A retry with the same key gets the first answer again (kept for a day) and changes "
+    "nothing more; the same key with another request is refused with 422.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+}
+
+
 @dataclass(frozen=True)
 class Operation:
     """One route: enough to register it with Flask and to document it."""
@@ -205,6 +217,8 @@ class Operation:
     view: Callable[..., Any] | None = None
     #: The success response's type when it is not JSON.
     content_type: str | None = None
+    #: It takes an ``Idempotency-Key`` header: a retry with the same key gets the first answer.
+    idempotent: bool = False
 
     def url(self, prefix: str) -> str:
         return (prefix if self.prefixed else "") + self.path
@@ -289,6 +303,8 @@ def _operation(op: Operation, keys: dict[Any, Any]) -> dict[str, Any]:
             params.append(
                 {"name": name, "in": "query", "required": name in required, "schema": prop}
             )
+    if op.idempotent:
+        params.append(IDEMPOTENCY_KEY_PARAMETER)
     if params:
         doc["parameters"] = params
     if op.body is not None:

@@ -16,10 +16,12 @@ Call them on a running event loop; the database work happens off it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -46,7 +48,7 @@ from asyncapp.constants import (
     JobFilter,
     SchedulerState,
 )
-from asyncapp.errors import InvalidJob, JobExists, JobNotFound, NotRunning
+from asyncapp.errors import InvalidJob, JobExists, JobNotFound, KeyReused, NotRunning
 from asyncapp.model.change import Actor
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run
@@ -59,10 +61,28 @@ from asyncapp.model.triggers import (
 )
 from asyncapp.model.values import storable
 from asyncapp.settings import Settings
+from asyncapp.store import requests
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import JobStore
 from asyncapp.store.processes import Process, read_live
-from asyncapp.store.runs import latest_runs, select_attempts, select_runs
+from asyncapp.store.runs import get_run, latest_runs, select_attempts, select_runs
+
+#: Where ``POST /scheduler/jobs`` keeps the answers to its idempotency keys.
+ADD_SCOPE = "add_job"
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A request's ``Idempotency-Key`` and the fingerprint of what it asked."""
+
+    key: str
+    fingerprint: str
+
+
+def keyed_run_id(job_id: str, key: str) -> str:
+    """The id of the run that "run now" of ``job_id`` with idempotency ``key`` claims."""
+    return hashlib.sha256(f"{job_id}\0{key}".encode()).hexdigest()[:32]
+
 
 #: Job fields a PATCH may change.
 CHANGEABLE = ("func", "args", "kwargs", "trigger", "paused", *JOB_OPTIONS)
@@ -79,8 +99,10 @@ class Local(Protocol):
     def state_applied(self, state: SchedulerState) -> None:
         """The scheduler-wide state was committed as ``state``."""
 
-    async def run_now(self, job: JobDef) -> Run:
-        """Claim and start a run of ``job`` now; returns it as started."""
+    async def run_now(self, job: JobDef, *, run_id: str | None = None) -> Run:
+        """Claim and start a run of ``job`` now; returns it as started.
+
+        A run of ``run_id`` claimed before is returned as it is, and nothing starts."""
 
     def info(self) -> dict[str, Any]:
         """This process as ``GET /scheduler`` shows it."""
@@ -303,15 +325,28 @@ class JobService:
 
     # -- changing jobs ------------------------------------------------------------
 
-    async def add_job(self, spec: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    async def add_job(
+        self, spec: dict[str, Any], actor: Actor, *, idempotency: Idempotency | None = None
+    ) -> dict[str, Any]:
         """Schedule a new job from a validated spec (see ``docs/api.md``).
 
-        :raises UnknownFunction, InvalidJob, JobExists:
+        With ``idempotency``, the job JSON answered is stored in the same transaction
+        under the key; the same key again gets that answer again and adds nothing
+        (a retry after an answer that was lost), the key with another request
+        raises :class:`~asyncapp.errors.KeyReused`.
+
+        :raises UnknownFunction, InvalidJob, JobExists, KeyReused:
         """
         job = self.new_job(spec, check_args=False)
 
-        def change(conn: Connection) -> JobDef:
+        def change(conn: Connection) -> JobDef | dict[str, Any]:
             self.store.begin_change(conn)
+            if idempotency is not None:
+                answered = requests.find(conn, ADD_SCOPE, idempotency.key)
+                if answered is not None:
+                    if answered.fingerprint != idempotency.fingerprint:
+                        raise KeyReused()
+                    return answered.body
             if self.store.get(conn, job.id) is not None:
                 raise JobExists(job.id)
             self._check_call(job.func, job.args, job.kwargs)
@@ -325,11 +360,17 @@ class JobService:
                         }
                     ]
                 )
-            self.store.insert(conn, job, time.time())
+            now = time.time()
+            self.store.insert(conn, job, now)
             self.store.record(conn, action=ADD, job_id=job.id, actor=actor, detail=_diff(None, job))
+            if idempotency is not None:
+                answer = requests.Answer(idempotency.fingerprint, 200, self._to_api(job))
+                requests.save(conn, ADD_SCOPE, idempotency.key, answer, now)
             return job
 
         added = await self.db.write(change)
+        if isinstance(added, dict):
+            return added
         self._applied([added])
         return self._to_api(added)
 
@@ -423,16 +464,31 @@ class JobService:
         self._applied([updated])
         return self._to_api(updated)
 
-    async def run_job(self, job_id: str, actor: Actor) -> dict[str, Any]:
+    async def run_job(
+        self, job_id: str, actor: Actor, *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Claim and start a run of a job now, outside its schedule; returns the started run.
 
-        Does not wait for the job to finish.  :raises JobNotFound, InvalidJob, JobBusy,
-        NotRunning (in a process that does not run jobs):
+        Does not wait for the job to finish.  With ``idempotency_key``, the run's id
+        is derived from the job and the key, and the claim is made under it: the same
+        key again returns that run as it is now and starts nothing, whether or not the
+        first answer arrived.
+
+        :raises JobNotFound, InvalidJob, JobBusy, NotRunning (in a process that does not
+            run jobs):
         """
         if self.local is None:
             raise NotRunning("running a job")
         job = await self.db.read(lambda conn: self._existing(conn, job_id))
-        run = await self.local.run_now(job)
+        run_id = None if idempotency_key is None else keyed_run_id(job_id, idempotency_key)
+        earlier = None
+        if run_id is not None:
+            earlier = await self.db.read(lambda conn: get_run(conn, run_id))
+        # Claimed again even when found: a claim whose answer was lost left its run
+        # unstarted, and this starts it (a run already going is returned as it is).
+        run = await self.local.run_now(job, run_id=run_id)
+        if earlier is not None:
+            return run.to_dict()
 
         def note(conn: Connection) -> None:
             self.store.record(

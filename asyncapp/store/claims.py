@@ -64,6 +64,7 @@ from asyncapp.model.run import Run, new_id
 from asyncapp.model.values import as_utc
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import load
+from asyncapp.store.runs import get_run
 from asyncapp.store.tables import attempts_table, jobs_table, processes_table, runs_table
 
 #: Times closer than this to the stored next run time count as that time
@@ -90,6 +91,9 @@ class Due:
     folded: tuple[datetime, datetime] | None = None
     #: A "run now": claimed at ``times[0]`` whatever the schedule or pause says.
     manual: bool = False
+    #: The id a manual run takes (derived from an ``Idempotency-Key``): if a run with it
+    #: exists, the claim answers with that run instead of starting another.
+    run_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +113,8 @@ class Outcome:
     stale: bool = False
     #: The scheduler-wide state is not running: nothing was claimed.
     halted: bool = False
+    #: The run a manual claim with a ``run_id`` found already claimed (a retried request).
+    replayed: Run | None = None
     #: A manual run was refused: the job's limit of runs at once is reached.
     busy: bool = False
 
@@ -181,6 +187,10 @@ def claim(
             continue
         cap = limit(due.overlap, row.max_instances)
         if due.manual:
+            if due.run_id is not None:
+                outcome.replayed = get_run(conn, due.run_id)
+                if outcome.replayed is not None:
+                    continue
             if running[due.job_id] >= cap:
                 outcome.busy = True
             else:
@@ -468,7 +478,7 @@ def _run(
     status: str = RUNNING,
 ) -> Run:
     return Run(
-        id=new_id(),
+        id=due.run_id or new_id(),
         job_id=due.job_id,
         scheduled_for=scheduled_for,
         node=node,

@@ -39,6 +39,12 @@ def run_from_row(row: Any) -> Run:
     )
 
 
+def get_run(conn: Connection, run_id: str) -> Run | None:
+    """The run or missed record ``run_id``, or None."""
+    row = conn.execute(select(runs_table).where(runs_table.c.id == run_id)).first()
+    return None if row is None else run_from_row(row)
+
+
 def select_runs(
     conn: Connection,
     *,

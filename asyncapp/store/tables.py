@@ -134,3 +134,20 @@ scheduler_table = Table(
     Column("state", String(16), nullable=False),
     Column("changed_at", Float, nullable=False),
 )
+
+#: The first answer to each request sent with an ``Idempotency-Key``: a retry gets it again.
+requests_table = Table(
+    "asyncapp_requests",
+    metadata,
+    # What was asked, e.g. "POST /scheduler/jobs": the same key may serve several routes.
+    Column("scope", String(300), nullable=False),
+    Column("key", String(255), nullable=False),
+    # SHA-256 of the request's canonical body: a key reused for another request is refused.
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    # The JSON answer given the first time.
+    Column("body", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("scope", "key", name="pk_asyncapp_requests"),
+    Index("ix_asyncapp_requests_created", "created_at"),
+)
