@@ -361,12 +361,13 @@ class JobService:
                     ]
                 )
             now = time.time()
-            self.store.insert(conn, job, now)
-            self.store.record(conn, action=ADD, job_id=job.id, actor=actor, detail=_diff(None, job))
+            added = self.store.write(
+                conn, job, new=True, action=ADD, actor=actor, detail=_diff(None, job), now=now
+            )
             if idempotency is not None:
-                answer = requests.Answer(idempotency.fingerprint, 200, self._to_api(job))
+                answer = requests.Answer(idempotency.fingerprint, 200, self._to_api(added))
                 requests.save(conn, ADD_SCOPE, idempotency.key, answer, now)
-            return job
+            return added
 
         added = await self.db.write(change)
         if isinstance(added, dict):
@@ -454,11 +455,15 @@ class JobService:
             updated = edit(job)
             if updated == job:
                 return job
-            self.store.replace(conn, updated, time.time())
-            self.store.record(
-                conn, action=action, job_id=job_id, actor=actor, detail=_diff(job, updated)
+            return self.store.write(
+                conn,
+                updated,
+                new=False,
+                action=action,
+                actor=actor,
+                detail=_diff(job, updated),
+                now=time.time(),
             )
-            return updated
 
         updated = await self.db.write(change)
         self._applied([updated])
@@ -515,26 +520,25 @@ class JobService:
             for job in declared:
                 stored = self.store.get(conn, job.id, lock=True)
                 if stored is None:
-                    self.store.insert(conn, job, now)
-                    self.store.record(
-                        conn, action=ADD, job_id=job.id, actor=actor, detail=_diff(None, job)
+                    detail = _diff(None, job)
+                    written.append(
+                        self.store.write(
+                            conn, job, new=True, action=ADD, actor=actor, detail=detail, now=now
+                        )
                     )
-                    written.append(job)
                 elif stored.declared != job.declared or stored.damaged is not None:
                     updated = job.changed(
                         version=stored.version + 1,
                         note=stored.note,
                         next_run_time=None if stored.paused else job.next_run_time,
                     )
-                    self.store.replace(conn, updated, now)
-                    self.store.record(
-                        conn,
-                        action=MODIFY,
-                        job_id=job.id,
-                        actor=actor,
-                        detail=_diff(stored, updated),
-                    )
-                    written.append(updated)
+                    detail = _diff(stored, updated)
+                    written.append(
+                        self.store.write(
+                            conn, updated, new=False, action=MODIFY, actor=actor, detail=detail,
+                            now=now,
+                        )
+                    )  # fmt: skip
             removed = []
             for job_id in sorted(owned):
                 if self.store.delete(conn, job_id):

@@ -182,6 +182,32 @@ class JobStore:
         if self.db.is_postgres:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHANGE_LOCK_KEY})
 
+    def write(
+        self,
+        conn: Connection,
+        job: JobDef,
+        *,
+        new: bool,
+        action: str,
+        actor: Actor,
+        detail: dict[str, Any],
+        now: float,
+    ) -> JobDef:
+        """Record the change, then store ``job`` (inserted if ``new``) under its new version.
+
+        The version is the change's id (or the job's own, if higher): ids only grow,
+        so a job's versions never go backwards, not even when it is removed and added
+        again, and a process holding an older definition always takes the newer one.
+        Returns the job as stored.
+        """
+        change_id = self.record(conn, action=action, job_id=job.id, actor=actor, detail=detail)
+        stored = job.changed(version=max(change_id, job.version))
+        if new:
+            self.insert(conn, stored, now)
+        else:
+            self.replace(conn, stored, now)
+        return stored
+
     def insert(self, conn: Connection, job: JobDef, now: float) -> None:
         conn.execute(insert(jobs_table).values(id=job.id, updated_at=now, **job.columns()))
 
