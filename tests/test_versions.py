@@ -30,7 +30,7 @@ async def test_a_job_removed_and_added_again_is_fired_by_a_lagging_process(
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     old = {"id": "x", "func": "tests.jobs:record", "args": ["old"], "trigger": "interval",
            "hours": 1}  # fmt: skip
-    async with started(make_app(database_url=url)) as (lagging_client, lagging):
+    async with started(make_app(database_url=url)) as (_, lagging):
         async with started(make_app(database_url=url)) as (client, _):
             assert (await client.post("/scheduler/jobs", json=old, headers=AUTH)).is_success
             for name in ("a", "b", "c"):
