@@ -406,7 +406,8 @@ class Runtime(Hooks):
     async def prune(self) -> int:
         """Delete run history beyond ``ASYNCAPP_HISTORY_DAYS`` / ``_PER_JOB``, in batches
         (one transaction each, so claims get the write thread in between); returns how many.
-        Answers kept for idempotency keys go after a day."""
+        Answers kept for idempotency keys go after a day; the change history goes after
+        ``ASYNCAPP_HISTORY_DAYS`` too."""
         settings = self.settings
         older_than = (
             datetime.now(UTC) - timedelta(days=settings.history_days)
@@ -415,6 +416,15 @@ class Runtime(Hooks):
         )
         forget_before = time.time() - requests.KEEP_SECONDS
         await self.db.write(lambda conn: requests.prune(conn, forget_before))
+        if older_than is not None:
+            store = JobStore(self.db)
+            while (
+                await self.db.write(
+                    lambda conn: store.prune_changes(conn, older_than=older_than, batch=PRUNE_BATCH)
+                )
+                == PRUNE_BATCH
+            ):
+                pass
         total = 0
         while True:
             deleted = await self.db.write(

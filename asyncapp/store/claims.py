@@ -32,6 +32,7 @@ only check the job's limit of runs at once.
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -120,21 +121,28 @@ class Outcome:
 
 
 class Reasons:
-    """Why a time too late to run was missed: by what this process saw when."""
+    """Why a time too late to run was missed: by what this process saw when.
+
+    Only the latest :data:`WINDOWS_KEPT` outages and pauses are kept: a process
+    that runs for months must not grow nor scan an unbounded list per missed
+    time, and a time older than those windows is far past any misfire grace.
+    """
+
+    WINDOWS_KEPT = 100
 
     def __init__(self, started_at: datetime) -> None:
         self.started_at = started_at
         #: (from, to) windows in which this process could not reach the database.
-        self.outages: list[tuple[datetime, datetime]] = []
+        self.outages: deque[tuple[datetime, datetime]] = deque(maxlen=self.WINDOWS_KEPT)
         #: (from, to) windows in which this process saw the scheduler paused or stopped.
-        self.pauses: list[tuple[datetime, datetime]] = []
+        self.pauses: deque[tuple[datetime, datetime]] = deque(maxlen=self.WINDOWS_KEPT)
 
     def late(self, scheduled_for: datetime) -> str:
         if scheduled_for < self.started_at:
             return NO_SCHEDULER
-        if any(start <= scheduled_for <= end for start, end in self.outages):
+        if any(start <= scheduled_for <= end for start, end in reversed(self.outages)):
             return DATABASE_DOWN
-        if any(start <= scheduled_for <= end for start, end in self.pauses):
+        if any(start <= scheduled_for <= end for start, end in reversed(self.pauses)):
             return SCHEDULER_PAUSED
         return LATE
 

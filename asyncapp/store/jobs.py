@@ -149,6 +149,20 @@ class JobStore:
         ).scalar()
         return cast(SchedulerState, state or SCHEDULER_RUNNING)
 
+    def prune_changes(self, conn: Connection, *, older_than: datetime, batch: int) -> int:
+        """Delete up to ``batch`` changes recorded before ``older_than``, oldest first;
+        returns how many went (call again until it is less than ``batch``)."""
+        doomed = (
+            select(changes_table.c.id)
+            .where(changes_table.c.at < older_than)
+            .order_by(changes_table.c.at)
+            .limit(batch)
+        )
+        ids = list(conn.execute(doomed).scalars())
+        if ids:
+            conn.execute(delete(changes_table).where(changes_table.c.id.in_(ids)))
+        return len(ids)
+
     def last_change_id(self, conn: Connection) -> int:
         return int(
             conn.execute(select(func.coalesce(func.max(changes_table.c.id), 0))).scalar_one()

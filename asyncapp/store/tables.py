@@ -124,6 +124,8 @@ changes_table = Table(
     # JSON: what changed, e.g. {"paused": [false, true], "note": "upstream down"}.
     Column("detail", Text, nullable=False, server_default="{}"),
     Index("ix_asyncapp_changes_job", "job_id", "id"),
+    # Pruning by age (ASYNCAPP_HISTORY_DAYS).
+    Index("ix_asyncapp_changes_at", "at"),
 )
 
 #: One row (id 1): the scheduler-wide state every process follows.
