@@ -191,6 +191,20 @@ async def test_coalesce_runs_the_latest_and_records_the_others(db: Database) -> 
     ]
 
 
+async def test_times_past_the_grace_say_why_not_coalesced(db: Database) -> None:
+    """Every process was down for an hour: those times were not coalesced into the run
+    that follows, no scheduler ran them (the documented ``no_scheduler``)."""
+    job = await add_job(db, next_run_time=NOW - timedelta(hours=1))
+    times = [NOW - timedelta(hours=1), NOW - timedelta(minutes=30), NOW - timedelta(seconds=1), NOW]
+    (outcome,) = await run_claim(db, [due(job, *times)], started=NOW - timedelta(minutes=5))
+    assert [run.scheduled_for for run in outcome.won] == [NOW]
+    assert [(run.scheduled_for, run.reason) for run in outcome.missed] == [
+        (times[0], NO_SCHEDULER),
+        (times[1], NO_SCHEDULER),
+        (times[2], COALESCED),
+    ]
+
+
 async def test_without_coalesce_every_time_runs_as_one_instance(db: Database) -> None:
     job = await add_job(db)
     times = [NOW - timedelta(seconds=1), NOW]

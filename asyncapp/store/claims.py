@@ -239,6 +239,9 @@ def claim(
                 continue
             if scheduled_for in runnable:
                 reason = OVERLAP
+            elif grace is not None and (now - scheduled_for).total_seconds() > grace:
+                # Too late to run whatever else ran: say why no one ran it in time.
+                reason = reasons.late(scheduled_for)
             elif due.coalesce and index < len(times) - 1:
                 reason = COALESCED
             else:
