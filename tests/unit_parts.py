@@ -27,16 +27,22 @@ def sync_tick(*args: Any, **kwargs: Any) -> None:
     """A ``def`` job body that does nothing."""
 
 
+async def greet(name: str) -> None:
+    """A job body that takes exactly one argument."""
+
+
 TICK = reference(tick)
 SYNC_TICK = reference(sync_tick)
+GREET = reference(greet)
 
 
 def registry() -> Registry:
-    """A registry of its own (not the process-wide one) holding :func:`tick` and
-    :func:`sync_tick`."""
+    """A registry of its own (not the process-wide one) holding :func:`tick`,
+    :func:`sync_tick` and :func:`greet`."""
     tasks = Registry()
     tasks.add(tick, None)
     tasks.add(sync_tick, None)
+    tasks.add(greet, None)
     return tasks
 
 
