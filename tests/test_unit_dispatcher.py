@@ -17,6 +17,8 @@ from sqlalchemy import select
 from asyncapp.constants import (
     BUFFER_ONE,
     INTERRUPTED,
+    LATE,
+    MISSED,
     RUNNING,
     SCHEDULER_PAUSED_STATE,
     SUCCESS,
@@ -183,12 +185,14 @@ async def test_a_batch_is_claimed_in_one_transaction_and_only_won_runs_start(
     one, runner = dispatcher(dispatchers, db, now, hooks=told)
     a, b = job("a", next_run_time=now), job("b", next_run_time=now)
     changed = job("c", next_run_time=now, version=2)
-    await insert(db, a, b, changed)
+    too_late = job("d", next_run_time=now - timedelta(seconds=120))
+    await insert(db, a, b, changed, too_late)
     writes = db.writes
 
     one.submit(submission(a, now))
     one.submit(submission(b, now))
     one.submit(submission(changed.changed(version=1), now))  # fired from a stale cache
+    one.submit(submission(too_late, now - timedelta(seconds=120)))  # past its 60 s of grace
     one.start()
     started = await runner.wait_started(2)
 
@@ -198,9 +202,10 @@ async def test_a_batch_is_claimed_in_one_transaction_and_only_won_runs_start(
     assert told.calls == [("stale", {"c"})]
     assert one.running == 2 and sorted(one.run_ids()) == sorted(r.id for r in started)
     rows = await ledger(db)
-    assert [(r.job_id, r.status, r.process_id) for r in rows] == [
-        ("a", RUNNING, "p1"),
-        ("b", RUNNING, "p1"),
+    assert [(r.job_id, r.status, r.process_id, r.reason) for r in rows] == [
+        ("a", RUNNING, "p1", None),
+        ("b", RUNNING, "p1", None),
+        ("d", MISSED, None, LATE),
     ]
 
 
@@ -306,9 +311,10 @@ async def test_a_run_now_still_queued_when_the_dispatcher_stops_is_refused(
 
 
 async def test_ranks_share_out_the_job_ids(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    tmp_path: Path, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
-    ranks = [dispatcher(dispatchers, db, now, f"p{i}")[0] for i in range(3)]
+    unopened = Database(f"sqlite:///{tmp_path / 'unused.db'}")  # prefers() reads nothing
+    ranks = [dispatcher(dispatchers, unopened, now, f"p{i}")[0] for i in range(3)]
     for index, one in enumerate(ranks):
         one.rank = (index, 3)
     job_ids = [f"job-{n}" for n in range(300)]
