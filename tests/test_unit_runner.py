@@ -24,7 +24,7 @@ from asyncapp.model.run import Run
 from asyncapp.settings import Settings
 from asyncapp.store.claims import Due, Reasons, claim
 from asyncapp.store.tables import attempts_table, runs_table
-from tests.unit_parts import insert, job, on_grid, sqlite_db
+from tests.unit_parts import EVERY_10S, insert, job, on_grid, sqlite_db
 
 
 class Oops(Exception):
@@ -275,6 +275,28 @@ async def test_an_abandoned_run_is_stopped_recording_nothing(
         await task
     assert ledger.ended == []
     assert runner.abandoned == set()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the jitter delay comes before the try that records a cancelled run as interrupted",
+)
+async def test_a_run_cancelled_in_its_jitter_delay_is_recorded_interrupted(
+    runner: Runner, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # a 30 s delay
+    started = asyncio.Event()
+    run = a_run()
+    spread = job(trigger={**EVERY_10S, "jitter": 30})
+    task = asyncio.create_task(runner.run(run, spread, hanging(started)))
+    await asyncio.sleep(0)  # the task's first step: it is now in its jitter delay
+
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not started.is_set()
+    assert [(r.id, r.status) for r in ledger.ended] == [(run.id, INTERRUPTED)]
 
 
 async def test_current_run_tells_the_job_about_itself_and_only_inside_it(runner: Runner) -> None:
