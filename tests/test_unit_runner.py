@@ -284,12 +284,18 @@ async def test_an_abandoned_run_is_stopped_recording_nothing(
 async def test_a_run_cancelled_in_its_jitter_delay_is_recorded_interrupted(
     runner: Runner, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # a 30 s delay
+    delaying = asyncio.Event()
+
+    def longest(low: float, high: float) -> float:
+        delaying.set()  # the run draws its delay, then waits it out in the same step
+        return high
+
+    monkeypatch.setattr(random, "uniform", longest)
     started = asyncio.Event()
     run = a_run()
     spread = job(trigger={**EVERY_10S, "jitter": 30})
     task = asyncio.create_task(runner.run(run, spread, hanging(started)))
-    await asyncio.sleep(0)  # the task's first step: it is now in its jitter delay
+    await delaying.wait()
 
     task.cancel()
 
