@@ -56,9 +56,10 @@ class Local:
     def state_applied(self, state: SchedulerState) -> None:
         self.states.append(state)
 
-    async def run_now(self, job: JobDef) -> Run:
+    async def run_now(self, job: JobDef, *, run_id: str | None = None) -> Run:
         self.asked.append(job)
-        return Run(job_id=job.id, scheduled_for=datetime.now(UTC), node="node-1", id="run-1")
+        run_id = run_id or "run-1"
+        return Run(job_id=job.id, scheduled_for=datetime.now(UTC), node="node-1", id=run_id)
 
     def info(self) -> dict[str, Any]:
         return {"runs_in_progress": 0}
