@@ -310,10 +310,6 @@ async def test_a_run_now_still_queued_when_the_dispatcher_stops_is_refused(
     assert runner.started == [] and await ledger(db) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after stop() nothing claims, so run_now waits for ever instead of raising NotRunning",
-)
 async def test_run_now_on_a_stopped_dispatcher_is_refused(
     db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
@@ -389,10 +385,6 @@ async def test_at_most_max_running_runs_at_once_the_rest_wait_their_turn(
     assert first_again is first and {first.job_id, second.job_id} == {"a", "b"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run cancelled while it waits for a slot is neither run nor recorded interrupted",
-)
 async def test_drain_records_a_run_still_waiting_for_a_slot_as_interrupted(
     db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:

@@ -277,10 +277,6 @@ async def test_an_abandoned_run_is_stopped_recording_nothing(
     assert runner.abandoned == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the jitter delay comes before the try that records a cancelled run as interrupted",
-)
 async def test_a_run_cancelled_in_its_jitter_delay_is_recorded_interrupted(
     runner: Runner, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:

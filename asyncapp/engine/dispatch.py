@@ -182,6 +182,8 @@ class Dispatcher:
             manual=True,
             run_id=run_id,
         )
+        if self._closing:
+            raise NotRunning("the job executor")
         answer: asyncio.Future[Run] = self._loop.create_future()
         self._queue(Submission(due, job, func, answer))
         return await answer
@@ -368,14 +370,18 @@ class Dispatcher:
     async def _run_in_order(self, runs: list[Run], job: JobDef, func: Callable[..., Any]) -> None:
         task = asyncio.current_task()
         for index, run in enumerate(runs):
+            started = False
             try:
                 async with self._slots:
                     if task is not None:
                         self._current[task] = run
+                    started = True
                     await self.runner.run(run, job, func)
                 self._runs.pop(run.id, None)  # ended here: nothing left to abandon
             except asyncio.CancelledError:
-                for left in runs[index + 1 :]:  # claimed, never started
+                # The runner records a run it started; claimed runs it never got to,
+                # this one if it was still waiting for a slot, are recorded here.
+                for left in runs[index if not started else index + 1 :]:
                     self.runner.recorder.finish(left.finish(INTERRUPTED))
                 raise
             finally:

@@ -121,7 +121,11 @@ class Runner:
         """
         jitter = job.trigger.get("jitter")
         if jitter:
-            await asyncio.sleep(random.uniform(0, float(jitter)))  # noqa: S311 - spreading
+            try:
+                await asyncio.sleep(random.uniform(0, float(jitter)))  # noqa: S311 - spreading
+            except asyncio.CancelledError:
+                self._cancelled(run, job)
+                raise
         first = run = run.evolve(started_at=utcnow())
         metrics.LATENESS.labels(job.func).observe(
             max(0.0, (run.started_at - run.scheduled_for).total_seconds())  # type: ignore[operator]
@@ -155,13 +159,7 @@ class Runner:
                 await asyncio.sleep(delay)
                 run = run.evolve(attempt=run.attempt + 1)
         except asyncio.CancelledError:
-            if run.id in self.abandoned:
-                self.abandoned.discard(run.id)
-                log.warning("job %s run %s was ended elsewhere; stopped it here", job.id, run.id)
-            else:
-                self.recorder.finish(run.finish(INTERRUPTED), buffered=job.overlap == BUFFER_ONE)
-                metrics.RUNS.labels(job.func, INTERRUPTED).inc()
-                log.warning("job %s run %s interrupted", job.id, run.id)
+            self._cancelled(run, job)
             raise
         finally:
             metrics.RUNNING.dec()
@@ -173,6 +171,16 @@ class Runner:
         metrics.DURATION.labels(job.func).observe(took)
         _log_end(job, ended, took, error, tags)
         return ended
+
+    def _cancelled(self, run: Run, job: JobDef) -> None:
+        """Record ``run`` as interrupted, unless another process ended it (abandoned)."""
+        if run.id in self.abandoned:
+            self.abandoned.discard(run.id)
+            log.warning("job %s run %s was ended elsewhere; stopped it here", job.id, run.id)
+            return
+        self.recorder.finish(run.finish(INTERRUPTED), buffered=job.overlap == BUFFER_ONE)
+        metrics.RUNS.labels(job.func, INTERRUPTED).inc()
+        log.warning("job %s run %s interrupted", job.id, run.id)
 
     async def _attempt(
         self, run: Run, job: JobDef, func: Callable[..., Any]

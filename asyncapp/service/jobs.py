@@ -418,8 +418,12 @@ class JobService:
             job_id,
             actor,
             PAUSE,
-            lambda job: job.changed(
-                next_run_time=None, note=storable(note, 500), version=job.version + 1
+            lambda job: (
+                job
+                if job.paused and job.note == storable(note, 500)
+                else job.changed(
+                    next_run_time=None, note=storable(note, 500), version=job.version + 1
+                )
             ),
         )
 
