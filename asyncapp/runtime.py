@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,7 +43,8 @@ from asyncapp import http, metrics
 from asyncapp.constants import SCHEDULER_RUNNING, SchedulerState
 from asyncapp.engine.cache import JobCache
 from asyncapp.engine.cluster import SERVER, ChangeFeed, Membership
-from asyncapp.engine.dispatch import Dispatcher, Hooks, Submission
+from asyncapp.engine.dispatch import Dispatcher
+from asyncapp.engine.firing import FiringEngine
 from asyncapp.engine.recorder import Recorder
 from asyncapp.engine.runner import Runner
 from asyncapp.engine.scheduler import Scheduler
@@ -54,7 +55,7 @@ from asyncapp.errors import (
     NotRunning,
     SettingsError,
 )
-from asyncapp.model.change import Actor, Change
+from asyncapp.model.change import Actor
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run
 from asyncapp.model.tasks import Registry, Task, registry
@@ -76,18 +77,7 @@ log = logging.getLogger("asyncapp.runtime")
 PRUNE_FIRST = 60.0
 PRUNE_EVERY = 600.0
 PRUNE_BATCH = 1000
-#: Seconds between attempts to reach the database again after a failed claim.
-RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 RESULTS_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Firing:
-    """The parts only a server process has: it fires jobs on schedule."""
-
-    cache: JobCache
-    scheduler: Scheduler
-    feed: ChangeFeed
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +92,11 @@ class Parts:
     dispatcher: Dispatcher
     service: JobService
     watchdog: Watchdog
-    #: None in a ``role="cli"`` process, and in a server until its scheduler starts.
-    firing: Firing | None = None
+    #: The firing engine: a ``role="server"`` process's only (None in ``role="cli"``).
+    firing: FiringEngine | None = None
 
 
-class Runtime(Hooks):
+class Runtime:
     """The running parts of one process."""
 
     def __init__(
@@ -124,10 +114,6 @@ class Runtime(Hooks):
         self._stack: AsyncExitStack | None = None
         self._parts: Parts | None = None
         self._grace = settings.shutdown_grace
-        self._paused_since: datetime | None = None
-        self._reconnecting: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
-        self._reasons = Reasons(started_at=datetime.now(UTC))
 
     # -- accessors: each raises NotRunning before start / after stop --------------
 
@@ -142,7 +128,7 @@ class Runtime(Hooks):
             raise NotRunning(what)
         return self._parts
 
-    def _firing(self, what: str) -> Firing:
+    def _firing(self, what: str) -> FiringEngine:
         firing = self._running(what).firing
         if firing is None:
             raise NotRunning(what)
@@ -178,7 +164,7 @@ class Runtime(Hooks):
 
     @property
     def scheduler(self) -> Scheduler:
-        return self._firing("the scheduler").scheduler
+        return self._firing("the scheduler").scheduler  # NotRunning until it started
 
     @property
     def cache(self) -> JobCache:
@@ -189,8 +175,8 @@ class Runtime(Hooks):
         return self._firing("the change feed").feed
 
     @property
-    def _fired(self) -> Firing | None:
-        """The firing parts if there are any now (callbacks may come before or after)."""
+    def _fired(self) -> FiringEngine | None:
+        """The firing engine if there is one now (callbacks may come before or after)."""
         return None if self._parts is None else self._parts.firing
 
     # -- lifecycle ----------------------------------------------------------------
@@ -234,8 +220,8 @@ class Runtime(Hooks):
                 self.dispatcher.running,
                 self._grace,
             )
-        for task in list(self._background):
-            task.cancel()
+        if self._fired is not None:
+            self._fired.stop_firing()
         try:
             await stack.aclose()
         finally:
@@ -266,14 +252,15 @@ class Runtime(Hooks):
         )
         recorder = Recorder(db, membership.id)
         runner = Runner(recorder, settings, self._job_context)
-        self._reasons = Reasons(started_at=datetime.now(UTC))
+        reasons = Reasons(started_at=datetime.now(UTC))
+        firing = FiringEngine(db, settings, self.tasks, reasons) if self.role == SERVER else None
         dispatcher = Dispatcher(
             db,
             runner,
             node=settings.node_name,
             process_id=membership.id,
-            reasons=self._reasons,
-            hooks=self,
+            reasons=reasons,
+            hooks=firing,
         )
         self._parts = Parts(
             db=db,
@@ -284,6 +271,7 @@ class Runtime(Hooks):
             dispatcher=dispatcher,
             service=JobService(db, self.tasks, settings, local=self),
             watchdog=Watchdog(settings.loop_lag_threshold, self._culprit),
+            firing=firing,
         )
         await membership.join()
         stack.push_async_callback(membership.leave)
@@ -293,45 +281,19 @@ class Runtime(Hooks):
         dispatcher.start()
         stack.push_async_callback(self._drain)
         membership.start()
-        if self.role == SERVER:
-            await self._open_scheduler(stack)
+        if firing is not None:
+            await firing.open(stack, dispatcher, lambda: self._apply_declarations(self.service))
+            pruner = asyncio.create_task(self._prune_forever(), name="asyncapp-prune")
+            stack.push_async_callback(_cancel, pruner)
+            _freeze_startup_objects()
         # Last: startup itself (imports, the garbage collection) holds the loop.
         self.watchdog.start()
         stack.push_async_callback(self.watchdog.stop)
 
-    async def _open_scheduler(self, stack: AsyncExitStack) -> None:
-        parts = self._running("the runtime")
-        db, settings = parts.db, self.settings
-        store = JobStore(db)
-        feed = ChangeFeed(db, store, settings.sync_interval, self._apply)
-        await feed.mark()
-        await self._apply_declarations(parts.service)
-        jobs, state = await db.read(lambda conn: (store.all(conn), store.scheduler_state(conn)))
-        cache = JobCache(self.tasks, settings.zone)
-        cache.load(jobs)
-        scheduler = Scheduler(cache, parts.dispatcher)
-        self._parts = replace(parts, firing=Firing(cache, scheduler, feed))
-        scheduler.stored_state = state
-        scheduler.start(paused=state != SCHEDULER_RUNNING)
-        if state != SCHEDULER_RUNNING:
-            self._paused_since = datetime.now(UTC)
-        stack.callback(self._stop_scheduler)
-        feed.start()
-        stack.push_async_callback(feed.stop)
-        pruner = asyncio.create_task(self._prune_forever(), name="asyncapp-prune")
-        stack.push_async_callback(_cancel, pruner)
-        _freeze_startup_objects()
-
-    def _stop_scheduler(self) -> None:
-        fired = self._fired
-        if fired is not None and fired.scheduler.running:
-            fired.scheduler.shutdown()
-
     async def _drain(self) -> None:
         """Stop planning and claiming; give running jobs the grace; cancel the rest."""
-        fired = self._fired
-        if fired is not None and fired.scheduler.running:
-            fired.scheduler.pause()
+        if self._fired is not None:
+            self._fired.stop_firing()
         dispatcher = self.dispatcher
         await dispatcher.stop()
         cancelled = await dispatcher.drain(self._grace)
@@ -351,7 +313,7 @@ class Runtime(Hooks):
     def _process_info(self) -> dict[str, Any]:
         parts, fired = self._parts, self._fired
         return {
-            "state": fired.scheduler.state_name if fired is not None else "none",
+            "state": fired.state_name if fired is not None else "none",
             "runs_in_progress": parts.dispatcher.running if parts is not None else 0,
             "results_pending": parts.recorder.pending if parts is not None else 0,
             "jobs": len(fired.cache.entries()) if fired is not None else 0,
@@ -368,7 +330,7 @@ class Runtime(Hooks):
         if not self.started:
             return {"state": "stopped", "running": False}
         fired = self._fired
-        state = fired.scheduler.state_name if fired is not None else "none"
+        state = fired.state_name if fired is not None else "none"
         membership = self.membership
         return {
             "state": state,
@@ -456,26 +418,12 @@ class Runtime(Hooks):
     # -- asyncapp.service.jobs.Local ------------------------------------------------------
 
     def applied(self, jobs: Iterable[JobDef], removed: Iterable[str]) -> None:
-        fired = self._fired
-        if fired is None:
-            return
-        for job in jobs:
-            fired.cache.put(job)
-        for job_id in removed:
-            fired.cache.drop(job_id)
-        self._wake()
+        if self._fired is not None:
+            self._fired.applied(jobs, removed)
 
     def state_applied(self, state: SchedulerState) -> None:
-        fired = self._fired
-        if fired is None:
-            return
-        now = datetime.now(UTC)
-        if state != SCHEDULER_RUNNING and self._paused_since is None:
-            self._paused_since = now
-        elif state == SCHEDULER_RUNNING and self._paused_since is not None:
-            self._reasons.pauses.append((self._paused_since, now))
-            self._paused_since = None
-        fired.scheduler.follow(state)
+        if self._fired is not None:
+            self._fired.state_applied(state)
 
     async def run_now(self, job: JobDef, *, run_id: str | None = None) -> Run:
         task = self.tasks.resolve(job.func)
@@ -488,84 +436,6 @@ class Runtime(Hooks):
             "role": self.role,
             **self._process_info(),
         }
-
-    # -- asyncapp.engine.dispatch.Hooks -------------------------------------------------
-
-    def job_for(self, job_id: str) -> tuple[JobDef, Callable[..., Any]] | None:
-        fired = self._fired
-        entry = fired.cache.entry(job_id) if fired is not None else None
-        if entry is not None:
-            return entry.job, entry.func
-        return None
-
-    def stale(self, job_ids: set[str]) -> None:
-        self._spawn(self._reload(job_ids))
-
-    def halted(self, submissions: list[Submission]) -> None:
-        self._restore(submissions)
-        self._spawn(self._reload(set()))
-
-    def database_down(self, submissions: list[Submission]) -> None:
-        self._restore(submissions)
-        fired = self._fired
-        if fired is not None:
-            fired.scheduler.hold()
-        if self._reconnecting is None or self._reconnecting.done():
-            self._reconnecting = self._spawn(self._reconnect(datetime.now(UTC)))
-
-    def _restore(self, submissions: list[Submission]) -> None:
-        fired = self._fired
-        if fired is None:
-            return
-        for submission in submissions:
-            due = submission.due
-            fired.cache.restore(submission.job, due.folded[0] if due.folded else due.times[0])
-
-    async def _reconnect(self, since: datetime) -> None:
-        """Retry the database until it answers; then fire again, catching up."""
-        attempt = 0
-        while True:
-            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
-            attempt += 1
-            try:
-                await self.db.write(lambda conn: conn.execute(text("SELECT 1")))
-            except DatabaseUnavailable:
-                continue
-            break
-        self._reasons.outages.append((since, datetime.now(UTC)))
-        await self._reload(set())
-        fired = self._fired
-        if fired is not None:
-            fired.scheduler.release()
-
-    # -- the change feed ----------------------------------------------------------
-
-    async def _apply(self, changes: list[Change]) -> None:
-        job_ids = {change.job_id for change in changes if change.job_id is not None}
-        await self._reload(job_ids)
-
-    async def _reload(self, job_ids: set[str]) -> None:
-        """Reload ``job_ids`` and the scheduler-wide state from the database."""
-        store = JobStore(self.db)
-        ids = sorted(job_ids)
-        found, state = await self.db.read(
-            lambda conn: (store.some(conn, ids), store.scheduler_state(conn))
-        )
-        fired = self._fired
-        if fired is None:
-            return
-        for job_id in ids:
-            if job_id in found:
-                fired.cache.put(found[job_id])
-            else:
-                fired.cache.drop(job_id)
-        self.state_applied(state)
-        self._wake()
-
-    def _wake(self) -> None:
-        fired = self._fired
-        if fired is not None and fired.scheduler.running:
-            fired.scheduler.wakeup()
 
     # -- cluster ------------------------------------------------------------------
 
@@ -604,22 +474,6 @@ class Runtime(Hooks):
     def _abandon(self, run_ids: list[str]) -> None:
         if self._parts is not None:
             self._parts.dispatcher.abandon(run_ids)
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._finished)
-        return task
-
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if isinstance(exc, DatabaseUnavailable):
-            log.warning("reloading jobs failed: the database is unavailable")
-        elif exc is not None:
-            log.error("a background task failed", exc_info=exc)
 
     # -- jobs declared in code ------------------------------------------------------
 

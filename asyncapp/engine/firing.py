@@ -1,0 +1,216 @@
+"""The firing engine of a server process: what turns stored jobs into claimed due times.
+
+It owns the :class:`~asyncapp.engine.cache.JobCache` of schedulable jobs, the
+:class:`~asyncapp.engine.scheduler.Scheduler` that plans their due times and
+hands them to the dispatcher, the :class:`~asyncapp.engine.cluster.ChangeFeed`
+that keeps the cache current with what other processes commit, and the
+bookkeeping that names why a time was missed (the outages and pauses this
+process saw, in :class:`~asyncapp.store.claims.Reasons`).
+
+It is handed its collaborators at construction and at :meth:`FiringEngine.open`
+and calls nothing above it.  The dispatcher reports back through the
+:class:`~asyncapp.engine.dispatch.Hooks` this engine implements: a claim that
+found a job changed (:meth:`stale`), the scheduler halted (:meth:`halted`) or the
+database away (:meth:`database_down`, which holds firing until a write succeeds
+again, then catches up).  The runtime (the composition root) builds it for a
+``role="server"`` process only and passes the service's committed changes on
+(:meth:`applied`, :meth:`state_applied`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+
+from asyncapp.constants import SCHEDULER_RUNNING, SchedulerState
+from asyncapp.engine.cache import JobCache
+from asyncapp.engine.cluster import ChangeFeed
+from asyncapp.engine.dispatch import Dispatcher, Hooks, Submission
+from asyncapp.engine.scheduler import Scheduler
+from asyncapp.errors import DatabaseUnavailable, NotRunning
+from asyncapp.model.change import Change
+from asyncapp.model.job import JobDef
+from asyncapp.model.tasks import Registry
+from asyncapp.settings import Settings
+from asyncapp.store.claims import Reasons
+from asyncapp.store.database import Database
+from asyncapp.store.jobs import JobStore
+
+log = logging.getLogger("asyncapp.runtime")
+
+#: Seconds between attempts to reach the database again after a failed claim.
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+
+
+class FiringEngine(Hooks):
+    """Cache, scheduler, change feed and missed-time bookkeeping of one firing process."""
+
+    def __init__(self, db: Database, settings: Settings, tasks: Registry, reasons: Reasons) -> None:
+        self.db = db
+        self.reasons = reasons
+        self.store = JobStore(db)
+        self.cache = JobCache(tasks, settings.zone)
+        self.feed = ChangeFeed(db, self.store, settings.sync_interval, self._apply)
+        self._scheduler: Scheduler | None = None
+        self._paused_since: datetime | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """:raises NotRunning: before :meth:`open`."""
+        if self._scheduler is None:
+            raise NotRunning("the scheduler")
+        return self._scheduler
+
+    @property
+    def state_name(self) -> str:
+        """The scheduler's state as the health checks show it; ``none`` before it starts."""
+        return "none" if self._scheduler is None else self._scheduler.state_name
+
+    async def open(
+        self,
+        stack: AsyncExitStack,
+        dispatcher: Dispatcher,
+        declare: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Load the jobs and start firing them through ``dispatcher``.
+
+        ``declare`` writes the jobs the code declares; it runs after the feed's
+        starting point is marked and before the jobs are loaded, so nothing it
+        commits is missed.  Closing ``stack`` stops the feed and the scheduler.
+        """
+        await self.feed.mark()
+        await declare()
+        store = self.store
+        jobs, state = await self.db.read(
+            lambda conn: (store.all(conn), store.scheduler_state(conn))
+        )
+        self.cache.load(jobs)
+        scheduler = self._scheduler = Scheduler(self.cache, dispatcher)
+        scheduler.stored_state = state
+        scheduler.start(paused=state != SCHEDULER_RUNNING)
+        if state != SCHEDULER_RUNNING:
+            self._paused_since = datetime.now(UTC)
+        stack.callback(self._shutdown)
+        self.feed.start()
+        stack.push_async_callback(self.feed.stop)
+
+    def stop_firing(self) -> None:
+        """Plan nothing more (shutdown: running jobs are drained next)."""
+        for task in list(self._background):
+            task.cancel()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.pause()
+
+    def _shutdown(self) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown()
+
+    # -- committed changes, from this process's service or the change feed -----------
+
+    def applied(self, jobs: Iterable[JobDef], removed: Iterable[str]) -> None:
+        """These committed rows replace the cached ones; ``removed`` are gone."""
+        for job in jobs:
+            self.cache.put(job)
+        for job_id in removed:
+            self.cache.drop(job_id)
+        self._wake()
+
+    def state_applied(self, state: SchedulerState) -> None:
+        """The scheduler-wide state was committed as ``state``: follow it, noting pauses."""
+        if self._scheduler is None:
+            return
+        now = datetime.now(UTC)
+        if state != SCHEDULER_RUNNING and self._paused_since is None:
+            self._paused_since = now
+        elif state == SCHEDULER_RUNNING and self._paused_since is not None:
+            self.reasons.pauses.append((self._paused_since, now))
+            self._paused_since = None
+        self._scheduler.follow(state)
+
+    async def _apply(self, changes: list[Change]) -> None:
+        job_ids = {change.job_id for change in changes if change.job_id is not None}
+        await self._reload(job_ids)
+
+    async def _reload(self, job_ids: set[str]) -> None:
+        """Reload ``job_ids`` and the scheduler-wide state from the database."""
+        store = self.store
+        ids = sorted(job_ids)
+        found, state = await self.db.read(
+            lambda conn: (store.some(conn, ids), store.scheduler_state(conn))
+        )
+        for job_id in ids:
+            if job_id in found:
+                self.cache.put(found[job_id])
+            else:
+                self.cache.drop(job_id)
+        self.state_applied(state)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.wakeup()
+
+    # -- asyncapp.engine.dispatch.Hooks -------------------------------------------------
+
+    def job_for(self, job_id: str) -> tuple[JobDef, Callable[..., Any]] | None:
+        entry = self.cache.entry(job_id)
+        return None if entry is None else (entry.job, entry.func)
+
+    def stale(self, job_ids: set[str]) -> None:
+        self._spawn(self._reload(job_ids))
+
+    def halted(self, submissions: list[Submission]) -> None:
+        self._restore(submissions)
+        self._spawn(self._reload(set()))
+
+    def database_down(self, submissions: list[Submission]) -> None:
+        self._restore(submissions)
+        if self._scheduler is not None:
+            self._scheduler.hold()
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = self._spawn(self._reconnect(datetime.now(UTC)))
+
+    def _restore(self, submissions: list[Submission]) -> None:
+        for submission in submissions:
+            due = submission.due
+            self.cache.restore(submission.job, due.folded[0] if due.folded else due.times[0])
+
+    async def _reconnect(self, since: datetime) -> None:
+        """Retry the database until it answers a write; then fire again, catching up."""
+        attempt = 0
+        while True:
+            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            attempt += 1
+            try:
+                await self.db.write(lambda conn: conn.execute(text("SELECT 1")))
+            except DatabaseUnavailable:
+                continue
+            break
+        self.reasons.outages.append((since, datetime.now(UTC)))
+        await self._reload(set())
+        if self._scheduler is not None:
+            self._scheduler.release()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, DatabaseUnavailable):
+            log.warning("reloading jobs failed: the database is unavailable")
+        elif exc is not None:
+            log.error("a background task failed", exc_info=exc)
