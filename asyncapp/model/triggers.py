@@ -36,9 +36,9 @@ in the trigger's zone with the offset in force at that instant.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -70,6 +70,9 @@ def build_trigger(spec: Spec, default_timezone: tzinfo, *, jitter: bool = True) 
     """Build the APScheduler trigger a spec describes.
 
     Naive dates are read in the trigger's ``timezone`` (else ``default_timezone``).
+    A date trigger without a ``timezone`` whose ``run_date`` carries an offset
+    keeps that offset as its zone (``UTC+02:00``); with one, its run date is
+    that instant read in the zone.
     ``jitter=False`` leaves the spec's jitter out: the scheduler computes the
     exact times, which are the claim keys every process must agree on, and the
     executor delays the start by a random part of the jitter after the claim.
@@ -101,7 +104,10 @@ def build_trigger(spec: Spec, default_timezone: tzinfo, *, jitter: bool = True) 
         return _cron(spec, zone, dates, spread)
     if "run_date" not in dates:
         raise InvalidJob([_error("run_date", "is required for a date trigger")])
-    return DateTrigger(run_date=dates["run_date"], timezone=zone)
+    run_date = dates["run_date"]
+    if spec.get("timezone") is not None and run_date.tzinfo is not None:
+        run_date = run_date.astimezone(zone)
+    return DateTrigger(run_date=run_date, timezone=zone)
 
 
 #: How far past a scheduled time to look for the next one (much less than any interval).
@@ -401,14 +407,35 @@ def _split_interval(interval: timedelta) -> dict[str, float]:
     return parts
 
 
+#: A fixed offset as ``str(datetime.timezone(...))`` writes it: ``UTC+02:00``, ``UTC-05:30``.
+_FIXED_OFFSET = re.compile(r"UTC([+-])([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")
+
+
+def parse_zone(name: str) -> tzinfo:
+    """The zone ``name`` stands for: an IANA name (``Europe/Paris``, ``UTC``) or a fixed
+    offset as the API shows one (``UTC+02:00``, the zone of a date given with an offset).
+
+    :raises ValueError: for anything else.
+    """
+    fixed = _FIXED_OFFSET.fullmatch(name)
+    if fixed:
+        sign, hours, minutes, seconds = fixed.groups()
+        offset = timedelta(hours=int(hours), minutes=int(minutes), seconds=int(seconds or 0))
+        return UTC if not offset else timezone(-offset if sign == "-" else offset)
+    try:
+        return ZoneInfo(name)
+    except Exception:  # ZoneInfo raises several types for odd names; all mean "unknown".
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
 def _zone(name: Any, default: tzinfo, errors: list[dict[str, str]]) -> tzinfo:
     if name is None:
         return default
     try:
         if not isinstance(name, str):
             raise ValueError
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        return parse_zone(name)
+    except ValueError:
         errors.append(_error("timezone", f"unknown time zone {name!r}"))
         return default
 

@@ -16,7 +16,7 @@ what the document says is exactly what the server accepts.
 from __future__ import annotations
 
 import math
-import zoneinfo
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -35,6 +35,7 @@ from asyncapp.constants import (
     TriggerType,
 )
 from asyncapp.constants import TRIGGER_FIELDS as _FIELDS_BY_TYPE
+from asyncapp.model.triggers import parse_zone
 
 # A cron field as APScheduler takes it: an expression ("*/5", "mon-fri") or a number.
 CronValue = (
@@ -129,7 +130,11 @@ class TriggerFields(_Closed):
     start_date: str | None = Field(None, max_length=64, description="ISO 8601 date-time")
     end_date: str | None = Field(None, max_length=64, description="ISO 8601 date-time")
     timezone: str | None = Field(
-        None, max_length=64, description="IANA time zone name, e.g. Europe/Paris"
+        None,
+        max_length=64,
+        description="IANA time zone name, e.g. Europe/Paris, or a fixed offset as the job "
+        "JSON shows one, e.g. UTC+02:00 (default: the offset of an offset-carrying run_date, "
+        "else the scheduler's zone)",
     )
     jitter: int | None = Field(
         None, ge=0, le=86400, description="Random delay added to each run, seconds"
@@ -168,9 +173,11 @@ class TriggerFields(_Closed):
         if value is None:
             return None
         try:
-            zoneinfo.ZoneInfo(value)
-        except Exception:  # ZoneInfo raises several types for odd names; all mean "unknown".
-            raise _custom("is not a known IANA time zone, e.g. UTC or Europe/Paris") from None
+            parse_zone(value)
+        except ValueError:
+            raise _custom(
+                "is not a known IANA time zone or UTC offset, e.g. UTC, Europe/Paris, UTC+02:00"
+            ) from None
         return value
 
     @field_validator(*CRON_FIELDS)
@@ -320,6 +327,10 @@ class RunQuery(BaseModel):
     offset: int = Field(0, ge=0, le=10**9)
 
 
+#: A time of day followed by a space and an offset: a "+" that a query string turned into " ".
+_SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?) (\d\d(?::?\d\d)?)$")
+
+
 class UpcomingQuery(BaseModel):
     """Query string of ``GET /scheduler/jobs/{job_id}/upcoming`` (values arrive as text).
 
@@ -342,6 +353,8 @@ class UpcomingQuery(BaseModel):
     def _aware_iso(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
+        # An unescaped "+" in a query string arrives as a space: "12:00:00 02:00".
+        value = _SPACED_OFFSET.sub(r"\1+\2", value)
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
