@@ -17,7 +17,9 @@ one succeeds or the job's retries are spent:
   ASYNCAPP_RETRY_BACKOFF_MAX)``.  The random half keeps many jobs failing
   together from retrying in step; the fixed half makes each wait at least as
   long as the one before (full jitter would not).  Each failed attempt is kept
-  under the run; the run ends with the last attempt's status;
+  under the run with its own start and end (the backoff wait is in neither);
+  the run keeps its first attempt's start and ends with the last attempt's
+  status;
 - a job that raises is logged once, at the end, with its traceback, and the
   run records the error's type and message; nothing else is affected.
 
@@ -152,13 +154,15 @@ class Runner:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                run = run.evolve(attempt=run.attempt + 1)
+                # Each attempt has its own start; the run keeps its first (``first``).
+                run = run.evolve(attempt=run.attempt + 1, started_at=utcnow())
         except asyncio.CancelledError:
             if run.id in self.abandoned:
                 self.abandoned.discard(run.id)
                 log.warning("job %s run %s was ended elsewhere; stopped it here", job.id, run.id)
             else:
-                self.recorder.finish(run.finish(INTERRUPTED), buffered=job.overlap == BUFFER_ONE)
+                interrupted = run.finish(INTERRUPTED).evolve(started_at=first.started_at)
+                self.recorder.finish(interrupted, buffered=job.overlap == BUFFER_ONE)
                 metrics.RUNS.labels(job.func, INTERRUPTED).inc()
                 log.warning("job %s run %s interrupted", job.id, run.id)
             raise
