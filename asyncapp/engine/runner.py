@@ -162,17 +162,15 @@ class Runner:
                 log.warning("job %s run %s was ended elsewhere; stopped it here", job.id, run.id)
             else:
                 interrupted = run.finish(INTERRUPTED).evolve(started_at=first.started_at)
-                self.recorder.finish(interrupted, buffered=job.overlap == BUFFER_ONE)
-                metrics.RUNS.labels(job.func, INTERRUPTED).inc()
+                self.recorder.finish(interrupted, func=job.func, buffered=job.overlap == BUFFER_ONE)
                 log.warning("job %s run %s interrupted", job.id, run.id)
             raise
         finally:
             metrics.RUNNING.dec()
             run_tags.reset(tags_token)
         ended = run.finish(status, error).evolve(started_at=first.started_at)
-        self.recorder.finish(ended, buffered=job.overlap == BUFFER_ONE)
+        self.recorder.finish(ended, func=job.func, buffered=job.overlap == BUFFER_ONE)
         took = (ended.ended_at - first.started_at).total_seconds()  # type: ignore[operator]
-        metrics.RUNS.labels(job.func, status).inc()
         metrics.DURATION.labels(job.func).observe(took)
         _log_end(job, ended, took, error, tags)
         return ended
