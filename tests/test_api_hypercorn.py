@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -126,3 +127,51 @@ def test_access_lines_follow_the_json_format_and_the_setting_turns_them_off(
     assert quiet.stop() == 0 and quiet.ended.wait(10)
     assert "/healthz?probe=json" not in quiet.output()
     assert "asyncapp.access" not in quiet.output()
+
+
+#: Ids the API refuses (422), each for a reason of the id grammar in docs/api.md.
+REFUSED_IDS = {
+    "dot segment": ".",
+    "dot-dot segment": "..",
+    "only dots": "...",
+    "blank": " ",
+    "blank tab": "\t",
+    "empty": "",
+    "C0 control": "a\x1bb",
+    "newline": "a\nb",
+    "DEL": "a\x7fb",
+    "C1 control (NEL)": "a\x85b",
+    "right-to-left override": "invoice\u202efdp.exe",
+    "left-to-right mark": "a\u200eb",
+    "right-to-left mark": "a\u200fb",
+    "bidi isolate": "a\u2066b\u2069",
+    "line separator": "a\u2028b",
+    "paragraph separator": "a\u2029b",
+    "zero-width space": "a\u200bb",
+    "slash": "a/b",
+    "backslash": "a\\b",
+    "too long": "x" * 192,
+}
+#: Ids the API takes, and that every route then reaches through an ordinary client.
+ACCEPTED_IDS = ["a.b", ".hidden", "...x", "job 1", "ünïcode-日本", "100%", "q?x#y", "x" * 191]
+
+
+def test_ids_outside_the_grammar_are_refused_over_a_socket(
+    hypercorn_server: Callable[..., Server],
+) -> None:
+    server = hypercorn_server()
+    body = {"func": "tests.jobs:record", "kwargs": {"tag": "t"}, "trigger": "interval", "hours": 1}
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as client:
+        for reason, job_id in REFUSED_IDS.items():
+            response = client.post("/scheduler/jobs", json={"id": job_id, **body})
+            assert response.status_code == 422, (reason, response.text)
+            assert [error["field"] for error in response.json()["errors"]] == ["id"], reason
+        assert client.get("/scheduler/jobs").json() == []
+        for job_id in ACCEPTED_IDS:
+            created = client.post("/scheduler/jobs", json={"id": job_id, **body})
+            assert created.status_code == 200, (job_id, created.text)
+            path = "/scheduler/jobs/" + quote(job_id, safe="")
+            assert client.get(path).json()["id"] == job_id
+            assert client.post(path + "/pause").json()["paused"] is True
+            assert client.delete(path).status_code == 204, job_id
+        assert client.get("/scheduler/jobs").json() == []

@@ -59,13 +59,23 @@ MAX_INTERVAL_SECONDS = 100 * 366 * 86400
 # millisecond the scheduler looks past one time to find the next.
 MIN_INTERVAL_SECONDS = 0.01
 
-JOB_ID_PATTERN = r"^[^/\x00-\x1f\x7f]+$"
+#: What a job id must not contain: the URL path separators ``/`` and ``\`` (browsers
+#: read ``\`` as ``/``), C0 and C1 control characters, and invisible format
+#: characters: zero-width ones, the bidirectional marks and overrides (U+200E/F,
+#: U+202A-202E, U+2066-2069) and the line and paragraph separators (U+2028/9).
+_NOT_IN_ID = r"/\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+#: A job id: it appears as one segment of URL paths, so it must survive every client's
+#: URL handling.  Besides the characters above, an id made only of dots and
+#: whitespace (".", "..", " ") is refused: "." and ".." are dot segments that
+#: clients resolve away, and a blank id cannot be seen.
+JOB_ID_PATTERN = rf"^[^{_NOT_IN_ID}]*[^{_NOT_IN_ID}\s.][^{_NOT_IN_ID}]*$"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 FUNC_PATTERN = f"^{_DOTTED}:{_DOTTED}$"  # module:qualname
 #: What a value that does not match each pattern is told, instead of the pattern.
 PATTERN_MESSAGES: dict[str, str] = {
     FUNC_PATTERN: "use module:function, e.g. myjobs:poll",
-    JOB_ID_PATTERN: "must not contain '/' or control characters",
+    JOB_ID_PATTERN: "must be printable text with a character other than '.' and spaces, "
+    "without '/', '\\', control, zero-width or bidirectional characters",
 }
 
 
