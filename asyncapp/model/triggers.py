@@ -153,6 +153,37 @@ def fire_times_after(trigger: BaseTrigger, after: datetime, count: int) -> list[
     return times
 
 
+#: The Gregorian calendar repeats every 400 years (146,097 days): a cron without a year
+#: field that matches no time in that span (and a day) matches none ever.
+_CALENDAR_CYCLE = timedelta(days=146097 + 1)
+
+
+def has_fire_time(trigger: BaseTrigger, now: datetime) -> bool:
+    """False if ``trigger`` is a cron trigger whose fields match no time at or after
+    ``now`` (and its ``start_date``), up to its ``end_date``: ``day=31, month=2`` never does.
+
+    Other triggers are not judged (True).  Searching for a time that does not
+    exist, APScheduler walks every year up to 9999 (a third of a second), so
+    the search stops after one calendar cycle unless a year field makes the
+    cycle no proof.
+    """
+    if not isinstance(trigger, CronTrigger):
+        return True
+    since = now if trigger.start_date is None else max(now, trigger.start_date)
+    horizon = since + _CALENDAR_CYCLE
+    end = trigger.end_date
+    has_year = any(f.name == "year" and not f.is_default for f in trigger.fields)
+    if end is None or end > horizon:
+        end = None if has_year else horizon
+    probe = CronTrigger(
+        **{f.name: str(f) for f in trigger.fields if not f.is_default},
+        timezone=trigger.timezone,
+        start_date=since,
+        end_date=end,
+    )
+    return probe.get_next_fire_time(None, since) is not None
+
+
 def canonical_time(trigger: BaseTrigger, moment: datetime) -> datetime | None:
     """The scheduled time that ``moment`` (read back from a float column) stands for, in UTC."""
     if isinstance(trigger, DateTrigger):
