@@ -236,7 +236,7 @@ async def start_scheduler() -> Response:
 
 async def shutdown_scheduler() -> Response:
     # ``wait`` is accepted for Flask-APScheduler clients; running jobs always go on.
-    if request.get_data(cache=True).strip():  # the body is optional, but checked when sent
+    if request.get_data(cache=True):  # the body is optional, but checked when sent
         parse_shutdown(_body())
     await _service().shutdown_scheduler(_actor())
     return _no_content()
@@ -267,7 +267,8 @@ async def delete_job(job_id: str) -> Response:
 
 
 async def pause_job(job_id: str) -> Response:
-    note = parse_pause(_body()) if request.get_data(cache=True).strip() else None
+    # The body is optional; one that is sent (whitespace too) must be a JSON object.
+    note = parse_pause(_body()) if request.get_data(cache=True) else None
     return _json(await _service().pause_job(_job_id(job_id), _actor(), note))
 
 

@@ -71,8 +71,11 @@ _NOT_IN_ID = r"/\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufef
 JOB_ID_PATTERN = rf"^[^{_NOT_IN_ID}]*[^{_NOT_IN_ID}\s.][^{_NOT_IN_ID}]*$"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 FUNC_PATTERN = f"^{_DOTTED}:{_DOTTED}$"  # module:qualname
+#: Text any of our databases can store (PostgreSQL refuses NUL).
+NO_NUL_PATTERN = r"^[^\x00]*$"
 #: What a value that does not match each pattern is told, instead of the pattern.
 PATTERN_MESSAGES: dict[str, str] = {
+    NO_NUL_PATTERN: "contains a NUL character",
     FUNC_PATTERN: "use module:function, e.g. myjobs:poll",
     JOB_ID_PATTERN: "must be printable text with a character other than '.' and spaces, "
     "without '/', '\\', control, zero-width or bidirectional characters",
@@ -259,8 +262,33 @@ class JobFields(TriggerFields):
         return value
 
 
+def _interval_needs_a_unit(schema: dict[str, Any]) -> None:
+    """Say in the document what validation says: an interval trigger (flat or nested)
+    needs at least one unit, given flat or inside the nested trigger."""
+    interval = {
+        "anyOf": [
+            {"const": "interval"},
+            {"type": "object", "properties": {"type": {"const": "interval"}}, "required": ["type"]},
+        ]
+    }
+    unit_given = [
+        {"required": [unit], "properties": {unit: {"type": "number"}}} for unit in INTERVAL_UNITS
+    ]
+    nested_unit_given = [
+        {"properties": {"trigger": {"type": "object", **option}}} for option in unit_given
+    ]
+    schema.setdefault("allOf", []).append(
+        {
+            "if": {"properties": {"trigger": interval}, "required": ["trigger"]},
+            "then": {"anyOf": unit_given + nested_unit_given},
+        }
+    )
+
+
 class JobCreate(JobFields):
     """Body of ``POST /scheduler/jobs``. Omitted ``trigger`` means run once, now."""
+
+    model_config = ConfigDict(json_schema_extra=_interval_needs_a_unit)
 
     id: str | None = Field(
         None,
@@ -292,6 +320,8 @@ class JobUpdate(JobFields):
     be sent back.
     """
 
+    model_config = ConfigDict(json_schema_extra=_interval_needs_a_unit)
+
     id: str | None = Field(None, max_length=MAX_ID_LENGTH)
     func: str | None = Field(None, max_length=256, pattern=FUNC_PATTERN)
     trigger: TriggerType | NestedTrigger | None = None
@@ -307,7 +337,10 @@ class PauseRequest(_Closed):
     """Optional body of ``POST /scheduler/jobs/{job_id}/pause``."""
 
     note: str | None = Field(
-        None, max_length=MAX_NOTE_LENGTH, description="Why it is paused; shown with the job"
+        None,
+        max_length=MAX_NOTE_LENGTH,
+        pattern=NO_NUL_PATTERN,
+        description="Why it is paused; shown with the job",
     )
 
     @field_validator("note")
@@ -337,6 +370,10 @@ class RunQuery(BaseModel):
     offset: int = Field(0, ge=0, le=10**9)
 
 
+#: The form of ``after`` the document promises (also accepted: other ISO 8601 forms
+#: Python reads, and a "+" that arrived as a space): an RFC 3339 date-time in the
+#: years the scheduler computes in.
+AFTER_PATTERN = r"^(19\d\d|[2-8]\d{3}|9000)-\d\d-\d\dT\d\d:\d\d:[0-5]\d(\.\d+)?(Z|[+-]\d\d:\d\d)$"
 #: A time of day followed by a space and an offset: a "+" that a query string turned into " ".
 _SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?) (\d\d(?::?\d\d)?)$")
 
@@ -354,8 +391,9 @@ class UpcomingQuery(BaseModel):
     count: int = Field(DEFAULT_UPCOMING, ge=1, le=MAX_UPCOMING, description="How many times")
     after: datetime | None = Field(
         None,
-        description="ISO 8601 date-time with a UTC offset; the times listed are strictly "
-        "after it (default: now)",
+        description="ISO 8601 date-time with a UTC offset, in years 1900-9000; the times "
+        "listed are strictly after it (default: now)",
+        json_schema_extra={"pattern": AFTER_PATTERN},
     )
 
     @field_validator("after", mode="before")
