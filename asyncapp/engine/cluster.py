@@ -29,14 +29,13 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from importlib import metadata
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from asyncapp import metrics
-from asyncapp.constants import INTERRUPTED, RUNNING
+from asyncapp.constants import INTERRUPTED, RUNNING, VERSION
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.model.change import Change
 from asyncapp.model.job import JobDef
@@ -150,7 +149,7 @@ class Membership:
             "pid": os.getpid(),
             "role": self.role,
             "heartbeat_at": clock,
-            "version": _version(),
+            "version": VERSION,
             "info": json.dumps(self._info(), default=str),
         }
 
@@ -309,10 +308,3 @@ class ChangeFeed:
                 log.debug("listening for changes failed (%s); retrying in %ss", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("asyncapp")
-    except metadata.PackageNotFoundError:
-        return "0"

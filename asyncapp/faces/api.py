@@ -25,7 +25,6 @@ import asyncio
 import hmac
 import json
 import logging
-from importlib import metadata
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -38,6 +37,7 @@ from werkzeug.exceptions import (
 )
 
 from asyncapp import metrics
+from asyncapp.constants import VERSION
 from asyncapp.errors import (
     AsyncAppError,
     DatabaseUnavailable,
@@ -315,16 +315,9 @@ async def get_job_upcoming(job_id: str) -> Response:
 
 async def openapi() -> Response:
     document = build_document(
-        OPERATIONS, prefix=host().settings.api_prefix, version=_version(), functions=registry.refs()
+        OPERATIONS, prefix=host().settings.api_prefix, version=VERSION, functions=registry.refs()
     )
     return _json(document)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("asyncapp")
-    except metadata.PackageNotFoundError:
-        return "0"
 
 
 OPERATIONS: list[Operation] = [
