@@ -193,6 +193,21 @@ async def test_each_attempt_has_its_own_start_as_the_job_saw_it(
     assert datetime.fromisoformat(run["ended_at"]).timestamp() >= seen[-1]
 
 
+async def test_a_jobs_error_message_is_one_line_in_any_handler(
+    app_and_client: tuple[Runtime, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # caplog's handler is not asyncapp's: the message itself must already be escaped.
+    runtime, client = app_and_client
+    caplog.set_level(logging.WARNING, logger="asyncapp")
+    forged = "boom\n2026-12-03 00:00:00,000 ERROR asyncapp.run: FORGED"
+    await add(client, id="liar", func="tests.jobs:fail", args=[forged], retries=1, **NOW)
+    await jobs.wait_fired(f"fail:{forged}", 2)
+    await settled(runtime)
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retried and all("\n" not in message for message in retried), retried
+    assert "boom\\n2026-12-03" in retried[0]
+
+
 async def test_retries_spent_end_the_run_with_the_last_attempts_status(
     app_and_client: tuple[Runtime, httpx.AsyncClient],
 ) -> None:

@@ -46,7 +46,7 @@ from asyncapp import metrics
 from asyncapp.constants import BUFFER_ONE, ERROR, INTERRUPTED, SUCCESS, TIMEOUT, RunStatus
 from asyncapp.engine.recorder import Recorder
 from asyncapp.errors import JobTimeout, NotRunning
-from asyncapp.logs import run_tags
+from asyncapp.logs import escape, run_tags
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run, utcnow
 from asyncapp.settings import Settings
@@ -229,7 +229,8 @@ class Runner:
 def _describe(error: BaseException | None) -> str:
     if error is None:
         return "-"
-    return f"{type(error).__name__}: {str(error)[:200]}"
+    # The message is the job's: one line in any log handler (logs.escape).
+    return escape(f"{type(error).__name__}: {str(error)[:200]}")
 
 
 def _log_end(

@@ -55,6 +55,7 @@ from asyncapp.faces.openapi import (
     Upcoming,
     build_document,
 )
+from asyncapp.logs import escape
 from asyncapp.model.change import Actor
 from asyncapp.model.tasks import registry
 from asyncapp.service.jobs import JobService
@@ -480,13 +481,13 @@ def _http_error(exc: HTTPException) -> Response:
 
 def _unexpected_error(exc: Exception) -> Response:
     if isinstance(exc, DatabaseUnavailable):
-        log.warning("%s %s: %s (%s)", request.method, request.path, exc, exc.detail)
+        log.warning("%s %s: %s (%s)", request.method, escape(request.path), exc, exc.detail)
         response = _app_error(exc)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     if isinstance(exc, AsyncAppError):
         return _app_error(exc)
-    log.exception("unexpected error in %s %s", request.method, request.path)
+    log.exception("unexpected error in %s %s", request.method, escape(request.path))
     return _error(500, "Internal server error; the details are in the server log.")
 
 
