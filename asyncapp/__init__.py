@@ -15,6 +15,7 @@ Serve with ``hypercorn -c hypercorn.toml asyncapp.asgi:app``.
 from __future__ import annotations
 
 from asyncapp.app import AsyncApp, create_app
+from asyncapp.constants import VERSION
 from asyncapp.engine.runner import RunContext, current_run
 from asyncapp.errors import (
     AsyncAppError,
@@ -31,7 +32,7 @@ from asyncapp.http import http_client
 from asyncapp.model.tasks import task
 from asyncapp.settings import Settings
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "AsyncApp",

@@ -34,10 +34,12 @@ this line costs one logging call.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote_plus
 
 from flask import Flask
 
@@ -193,22 +195,43 @@ class _Response:
         await self.send(message)
 
 
+#: A query parameter whose name says it holds a credential: its value is not logged.
+_SECRET_PARAM = re.compile(r"token|key|pass|pwd|secret|auth|credential|signature|session", re.I)
+
+
 def _log_access(scope: dict[str, Any], response: _Response, seconds: float) -> None:
     """``127.0.0.1:51234 "GET /healthz?x=1 1.1" 200 123 0.0021s``; status ``-``: no
-    response was started (the client left, or the app failed before answering)."""
+    response was started (the client left, or the app failed before answering).
+
+    The path and query are the client's: escaped onto one line (:func:`logs.escape`),
+    and the values of credential-looking query parameters (``token``,
+    ``api_key``, ``password``...) written as ``[redacted]``.
+    """
     client = scope.get("client")
     query = scope.get("query_string", b"")
-    target = scope.get("path", "") + ("?" + query.decode("latin-1") if query else "")
+    target = scope.get("path", "") + ("?" + _redacted(query.decode("latin-1")) if query else "")
     access_log.info(
         '%s "%s %s %s" %s %d %.4fs',
         f"{client[0]}:{client[1]}" if client else "-",
-        scope.get("method", "-"),
-        target,
+        logs.escape(scope.get("method", "-")),
+        logs.escape(target),
         scope.get("http_version", "-"),
         response.status if response.status is not None else "-",
         response.size,
         seconds,
     )
+
+
+def _redacted(query: str) -> str:
+    """``query`` with the value of each credential-looking parameter replaced."""
+    if not _SECRET_PARAM.search(unquote_plus(query)):
+        return query
+    parts = query.split("&")
+    for index, part in enumerate(parts):
+        name, sep, value = part.partition("=")
+        if sep and value and _SECRET_PARAM.search(unquote_plus(name)):
+            parts[index] = f"{name}=[redacted]"
+    return "&".join(parts)
 
 
 def _one_line(exc: BaseException, stage: str) -> str:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
+#: asyncapp's version: written here only (pyproject.toml reads it, and so do
+#: ``asyncapp.__version__``, the heartbeat rows and the OpenAPI document).
+VERSION: Final = "0.2.0"
+
 # -- runs ----------------------------------------------------------------------------
 
 RUNNING: Final = "running"

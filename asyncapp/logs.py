@@ -12,6 +12,14 @@ format appends them::
 same fields as keys, for log shippers.  Written here rather than with a
 library: the JSON is seven fields and an exception text, and the run fields
 come from our own context variable either way.
+
+One record, one line: messages carry values that clients and jobs control
+(request paths, job ids, pause notes, error messages), so both formats escape
+the characters that end a line or disguise text (C0 and C1 controls, the line
+and paragraph separators, bidirectional marks) wherever such a value can
+appear: a CR or LF in a request path cannot start a line of its own that
+looks like asyncapp's.  :func:`escape` is the rule; the access line applies it
+to its values itself, so it holds under an application's own handlers too.
 """
 
 from __future__ import annotations
@@ -19,8 +27,28 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import traceback
 from datetime import UTC, datetime
 from typing import Any
+
+#: What :func:`escape` writes for each character it escapes.
+_ESCAPES: dict[int, str] = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))
+} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+_ESCAPES |= {
+    code: f"\\u{code:04x}"
+    for code in (0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+#: The characters JSON leaves raw that :func:`escape` escapes, as JSON escapes.
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _ESCAPES if code >= 0x7F}
+
+
+def escape(text: str) -> str:
+    """``text`` on one line, readable: CR, LF and tab as ``\\r \\n \\t``, other C0 and C1
+    controls as ``\\xNN``, the line and paragraph separators (U+2028/9) and the
+    bidirectional marks, embeddings and isolates as ``\\uNNNN``."""
+    return text.translate(_ESCAPES)
+
 
 #: Fields added to records made inside a run.
 RUN_FIELDS = ("job_id", "run_id", "scheduled_for", "node")
@@ -42,22 +70,42 @@ class RunFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """The usual text line, then ``[job=... run=... scheduled=... node=...]`` inside a run."""
+    """``%(asctime)s %(levelname)s %(name)s: %(message)s``, then ``[job=... run=...
+    scheduled=... node=...]`` inside a run, the message escaped (:func:`escape`); a
+    traceback follows on its own lines, its exceptions' messages escaped."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = f"{record.asctime} {record.levelname} {record.name}: {escape(record.message)}"
         run_id = getattr(record, "run_id", None)
-        if run_id is None:
-            return line
-        job = getattr(record, "job_id", "-")
-        scheduled = getattr(record, "scheduled_for", "-")
-        node = getattr(record, "node", "-")
-        tags = f"[job={job} run={run_id} scheduled={scheduled} node={node}]"
-        head, sep, rest = line.partition("\n")  # keep a traceback below the tagged line
-        return f"{head} {tags}{sep}{rest}"
+        if run_id is not None:
+            job = getattr(record, "job_id", "-")
+            scheduled = getattr(record, "scheduled_for", "-")
+            node = getattr(record, "node", "-")
+            line += escape(f" [job={job} run={run_id} scheduled={scheduled} node={node}]")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback, each exception's message (and notes) escaped onto one line."""
+        if ei[1] is None:
+            return super().formatException(ei)
+        chunks = []
+        for chunk in traceback.TracebackException(*ei).format():
+            # Frames and the chain's headers are the interpreter's text; the rest is
+            # what the exceptions say, which a job or a client may have written.
+            if chunk.startswith((" ", "\n", "Traceback (most recent call last):")):
+                chunks.append(chunk)
+            else:
+                chunks.append(escape(chunk.removesuffix("\n")) + "\n")
+        return "".join(chunks).removesuffix("\n")
 
 
 class JsonFormatter(logging.Formatter):
@@ -76,7 +124,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # JSON escapes C0 controls; C1 controls, U+2028/9 and bidirectional marks it
+        # leaves raw, and line-splitting readers (Python's splitlines) break on some.
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(_JSON_ESCAPES)
 
 
 def configure(level: str, style: str) -> None:

@@ -332,12 +332,18 @@ class Runtime:
         fired = self._fired
         state = fired.state_name if fired is not None else "none"
         membership = self.membership
+        # This process's heartbeat row holds what it said at its last beat (at join,
+        # before the scheduler existed, right after start): its own entry is live.
+        now = self._process_info()
         return {
             "state": state,
             "running": state == SCHEDULER_RUNNING,
             "database": "unavailable" if self.db.down_since is not None else "ok",
             "process": self.info(),
-            "processes": [p.to_dict(membership.clock) for p in membership.live],
+            "processes": [
+                p.to_dict(membership.clock) | (now if p.id == membership.id else {})
+                for p in membership.live
+            ],
         }
 
     def problems(self) -> list[str]:

@@ -184,6 +184,20 @@ async def flaky(tag: str, failures: int) -> None:
 
 
 @task
+async def stamped_flaky(path: str, failures: int) -> None:
+    """Append ``<attempt> <time.time()>`` to ``path`` at each start (and record ``stamped``);
+    fail ``failures`` times."""
+    import time
+
+    attempt = current_run().attempt
+    with Path(path).open("a") as handle:
+        handle.write(f"{attempt} {time.time():.6f}\n")
+    _record("stamped")
+    if attempt <= failures:
+        raise ConnectionError(f"attempt {attempt} failed")
+
+
+@task
 def sync_hold(tag: str, seconds: float) -> None:
     """A def job sleeping in its thread."""
     import time

@@ -207,6 +207,48 @@ async def test_add_job_errors(client: httpx.AsyncClient) -> None:
     assert [j["id"] for j in (await client.get("/scheduler/jobs")).json()] == ["dup"]
 
 
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        {"trigger": "cron", "day": 31, "month": 2},
+        {"trigger": {"type": "cron", "day": "30", "month": "feb"}},
+        {"trigger": "cron", "day": 29, "month": 2, "year": "2025-2027"},
+        {"trigger": "cron", "hour": 3, "end_date": "2020-01-01T00:00:00Z"},
+    ],
+)
+async def test_a_cron_that_never_fires_is_refused(
+    client: httpx.AsyncClient, trigger: dict[str, Any]
+) -> None:
+    body = {"id": "never", "func": RECORD, "kwargs": {"tag": "x"}} | trigger
+    errors = assert_error(await client.post("/scheduler/jobs", json=body), 422)["errors"]
+    assert [e["field"] for e in errors] == ["trigger"] and "no fire time" in errors[0]["message"]
+    assert (await client.get("/scheduler/jobs")).json() == []
+    await add(client, "leap", trigger="cron", day=29, month=2, minutes=None)
+    changed = await client.patch("/scheduler/jobs/leap", json=body | {"id": "leap"})
+    assert_error(changed, 422)
+
+
+async def test_healthz_right_after_start_says_the_same_of_this_process_twice(
+    make_app: Callable[..., Flask],
+) -> None:
+    # No heartbeat before the probe: the row still holds what the process said at join.
+    app = make_app(
+        job_modules="tests.jobs,tests.jobs_declared", heartbeat_interval=60, process_timeout=120
+    )
+    async with serve(app) as client:
+        client.headers.update(AUTH)
+        answers = [
+            (await client.get("/healthz")).json()["scheduler"],
+            (await client.get("/scheduler")).json(),
+        ]
+    for answer in answers:
+        me = answer["process"]
+        (listed,) = [p for p in answer["processes"] if p["id"] == me["id"]]
+        assert me["state"] == "running" and me["jobs"] == 1
+        for key in ("state", "jobs", "broken_jobs", "runs_in_progress", "results_pending"):
+            assert listed[key] == me[key], key
+
+
 async def test_body_without_content_type_is_read_as_json(client: httpx.AsyncClient) -> None:
     # Flask-APScheduler parsed bodies with force=True; scripts may not set the header.
     response = await client.post(

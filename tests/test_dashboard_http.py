@@ -4,6 +4,7 @@ actions, live regions and paging (the browser tests are in test_dashboard.py).""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -134,6 +135,34 @@ async def test_next_never_leaves_the_dashboard(client: httpx.AsyncClient) -> Non
             "/dashboard/login", params={"next": target}, data={"token": TOKEN}
         )
         assert response.headers["location"] == "/dashboard/", target
+
+
+async def test_a_next_with_control_characters_or_off_site_is_ignored(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = [
+        "/dashboard/\r\nSet-Cookie: forged=1",
+        "/dashboard/runs\n",
+        "/dashboard/runs\x85",
+        "/dashboard/runs\x00",
+        "javascript:alert(1)",
+        "/\\evil.example/dashboard/",
+        "/dashboard/../scheduler/jobs",
+        "dashboard/runs",
+    ]
+    # Logging in (logins are rate limited: one POST), then going to each as a logged-in user.
+    posted = await client.post(
+        "/dashboard/login", params={"next": refused[0]}, data={"token": TOKEN}
+    )
+    assert (posted.status_code, posted.headers["location"]) == (303, "/dashboard/")
+    assert "forged" not in posted.headers["set-cookie"]
+    for target in refused:
+        again = await client.get("/dashboard/login", params={"next": target})
+        assert (again.status_code, again.headers["location"]) == (303, "/dashboard/"), target
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # A same-site path with other characters is kept, percent-encoded for the header.
+    kept = await client.get("/dashboard/login", params={"next": "/dashboard/jobs/ünï code"})
+    assert kept.headers["location"] == "/dashboard/jobs/%C3%BCn%C3%AF%20code"
 
 
 async def test_the_cookie_is_secure_over_https(make_app: Callable[..., Flask]) -> None:

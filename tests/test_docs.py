@@ -65,3 +65,35 @@ def test_every_example_of_docs_api_runs_as_printed(tmp_path: Path) -> None:
         assert len(reader.outputs) >= 10  # the CLI lines ran too
     finally:
         reader.close()
+
+
+def test_the_version_is_written_once_and_the_changelog_releases_it() -> None:
+    import re
+    import tomllib
+    from importlib import metadata
+
+    import asyncapp
+    from asyncapp.constants import VERSION
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "asyncapp.constants.VERSION"
+    assert asyncapp.__version__ == VERSION
+    (distribution, *_) = metadata.packages_distributions()["asyncapp"]
+    assert metadata.version(distribution) == VERSION  # the installed metadata reads it
+    written = [
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "asyncapp").rglob("*.py")
+        if f'"{VERSION}"' in path.read_text()
+    ]
+    assert written == ["asyncapp/constants.py"]
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", changelog, re.M)
+    assert changelog.startswith("# Changelog") and "\n## [Unreleased]\n" in changelog
+    assert releases[0] == VERSION and releases[-1] == "0.1.0"
+    for section in ("Added", "Changed", "Fixed"):
+        assert f"\n### {section}\n" in changelog
+    # Versions the docs show are this one.
+    shown = re.findall(r'"version": "(\d+\.\d+\.\d+)"', (REPO / "docs" / "api.md").read_text())
+    assert shown and set(shown) == {VERSION}

@@ -4,11 +4,13 @@ the per-process cap, def jobs in their own threads, logs, metrics, limits and pr
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -160,6 +162,50 @@ async def test_a_failing_job_is_retried_with_growing_delays_until_it_succeeds(
     assert 0.025 <= first <= 0.2 and 0.05 <= second <= 0.3  # backoff 0.05 s, then 0.1 s
     assert second >= first
     assert done["attempt"] == 3 and done["key"] == f"flaky@{run['scheduled_for']}"
+
+
+async def test_each_attempt_has_its_own_start_as_the_job_saw_it(
+    app_and_client: tuple[Runtime, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    runtime, client = app_and_client
+    stamps = tmp_path / "stamps"
+    body = {"id": "st", "func": "tests.jobs:stamped_flaky", "retries": 3}
+    await add(client, args=[str(stamps), 3], **body, **NOW)
+    await jobs.wait_fired("stamped", 4)
+    await settled(runtime)
+    (run,) = await runs_of(client, "st")
+    seen = [float(line.split()[1]) for line in stamps.read_text().splitlines()]
+    assert run["status"] == "success" and run["attempt"] == len(seen) == 4
+    attempts = run["attempts"]
+    assert [a["attempt"] for a in attempts] == [1, 2, 3]
+    for attempt, stamp in zip(attempts, seen, strict=False):
+        started, ended = (
+            datetime.fromisoformat(attempt[k]).timestamp() for k in ("started_at", "ended_at")
+        )
+        # The job began within its attempt, as the attempt's row says.
+        assert started <= stamp <= ended, (attempt, stamp)
+    for before, after in itertools.pairwise(attempts):
+        assert datetime.fromisoformat(after["started_at"]) > datetime.fromisoformat(
+            before["ended_at"]
+        )
+    # The run keeps its first start, and its end is the last attempt's.
+    assert run["started_at"] == attempts[0]["started_at"]
+    assert datetime.fromisoformat(run["ended_at"]).timestamp() >= seen[-1]
+
+
+async def test_a_jobs_error_message_is_one_line_in_any_handler(
+    app_and_client: tuple[Runtime, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # caplog's handler is not asyncapp's: the message itself must already be escaped.
+    runtime, client = app_and_client
+    caplog.set_level(logging.WARNING, logger="asyncapp")
+    forged = "boom\n2026-12-03 00:00:00,000 ERROR asyncapp.run: FORGED"
+    await add(client, id="liar", func="tests.jobs:fail", args=[forged], retries=1, **NOW)
+    await jobs.wait_fired(f"fail:{forged}", 2)
+    await settled(runtime)
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retried and all("\n" not in message for message in retried), retried
+    assert "boom\\n2026-12-03" in retried[0]
 
 
 async def test_retries_spent_end_the_run_with_the_last_attempts_status(

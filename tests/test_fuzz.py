@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -204,6 +206,7 @@ def test_fuzz_every_operation_from_openapi(hypercorn_server: Callable[..., Serve
     assert len(operations) >= 15  # every route but /openapi.json itself
     operations.sort(key=lambda op: op.path.endswith(SWITCHES))
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as client:
+        assert client.post("/scheduler/jobs", json=FUZZ_JOB).status_code == 200
         try:
             for operation in operations:
                 for mode, examples in EXAMPLES.items():
@@ -218,12 +221,92 @@ def test_fuzz_every_operation_from_openapi(hypercorn_server: Callable[..., Serve
 
 
 def fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, examples: int) -> None:
+    complete = (operation.method.upper(), operation.path) in COMPLETE
+
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
     )
     def check(case: schemathesis.Case) -> None:
         checks = BODY_CHECKS if operation.body else CHECKS
+        if complete:
+            # The document says all these routes check: valid data must be accepted,
+            # for a job that exists (a random id is a 404 that proves nothing).
+            checks = [*checks, positive_data_acceptance]
+            if case.path_parameters and "job_id" in case.path_parameters:
+                case.path_parameters["job_id"] = FUZZ_JOB["id"]
         case.call_and_validate(headers=AUTH, checks=checks, timeout=10)
 
     check()
+
+
+# Operations whose document states every rule the server checks (no state beyond the
+# job's existence, no cross-field rules): positive data must be accepted there.
+COMPLETE = {
+    ("GET", "/scheduler/jobs/{job_id}/upcoming"),
+    ("GET", "/scheduler/jobs/{job_id}/runs"),
+    ("GET", "/scheduler/jobs/{job_id}/changes"),
+    ("POST", "/scheduler/jobs/{job_id}/pause"),
+    ("POST", "/scheduler/shutdown"),
+    ("GET", "/scheduler/runs"),
+}
+FUZZ_JOB = {"id": "fuzzed", "func": RECORD, "kwargs": {"tag": "f"}, "trigger": "cron", "hour": 3}
+
+
+def document_accepts(document: dict[str, Any], schema: dict[str, Any], value: Any) -> bool:
+    """Whether ``value`` is valid for ``schema`` (which may refer into ``document``)."""
+    root = {**schema, "components": document["components"]}
+    return bool(jsonschema_rs.Draft202012Validator(root, validate_formats=True).is_valid(value))
+
+
+def parameter_schema(document: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+    (found,) = [p for p in document["paths"][path]["get"]["parameters"] if p["name"] == name]
+    return found["schema"]  # type: ignore[no-any-return]
+
+
+def body_schema(document: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    return document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(60)
+def test_the_document_and_the_server_agree_where_they_drifted(
+    hypercorn_server: Callable[..., Server],
+) -> None:
+    server = hypercorn_server()
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as client:
+        document = client.get("/openapi.json").json()
+        assert client.post("/scheduler/jobs", json=FUZZ_JOB).status_code == 200
+        upcoming = "/scheduler/jobs/{job_id}/upcoming"
+        after = parameter_schema(document, upcoming, "after")
+        for value in [
+            "1899-12-31T23:59:59Z",
+            "9001-01-01T00:00:00Z",
+            "0001-01-01T00:00:00+00:00",
+            "9999-12-31T23:59:59-05:00",
+            "1900-01-01T00:00:00Z",
+            "2027-03-14T02:30:00.5-04:00",
+            "9000-06-01T00:00:00+02:00",
+        ]:
+            answer = client.get("/scheduler/jobs/fuzzed/upcoming", params={"after": value})
+            assert answer.status_code in (200, 422), answer.text
+            assert document_accepts(document, after, value) == (answer.status_code == 200), value
+        jobs = body_schema(document, "/scheduler/jobs", "post")
+        units = dict.fromkeys(["weeks", "days", "hours", "minutes", "seconds"])
+        for body in [
+            {"func": RECORD, "trigger": {"type": "interval", **units}},
+            {"func": RECORD, "trigger": {"type": "interval"}},
+            {"func": RECORD, "trigger": "interval", **units},
+            {"func": RECORD, "trigger": {"type": "interval", **units}, "minutes": 5},
+            {"func": RECORD, "trigger": {"type": "interval", **units | {"hours": 1}}},
+        ]:
+            answer = client.post("/scheduler/jobs", json={**body, "kwargs": {"tag": "x"}})
+            assert answer.status_code in (200, 422), answer.text
+            accepted = answer.status_code == 200
+            assert document_accepts(document, jobs, {**body, "kwargs": {}}) == accepted, body
+        # Optional bodies: none at all is fine; one that is sent must be a JSON object.
+        for path in ("/scheduler/jobs/fuzzed/pause", "/scheduler/shutdown"):
+            for blank in (b" ", b"\n", b"\t \r\n"):
+                answer = client.post(path, content=blank, headers=JSON)
+                assert answer.status_code in (400, 422), (path, blank, answer.text)
+            assert client.post(path).status_code in (200, 204)
+            assert client.post("/scheduler/start").status_code == 204

@@ -145,7 +145,10 @@ def test_bad_fields_are_named(body: dict[str, Any], field: str) -> None:
 
 
 FUNC_FORM = "use module:function, e.g. myjobs:poll"
-ID_FORM = "must not contain '/' or control characters"
+ID_FORM = (
+    "must be printable text with a character other than '.' and spaces, "
+    "without '/', '\\', control, zero-width or bidirectional characters"
+)
 
 
 @pytest.mark.parametrize(

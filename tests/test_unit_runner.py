@@ -40,7 +40,7 @@ class Ledger:
         self.attempts: list[Run] = []
         self.attempted = asyncio.Event()
 
-    def finish(self, run: Run, *, buffered: bool = False) -> None:
+    def finish(self, run: Run, *, func: str | None = None, buffered: bool = False) -> None:
         self.ended.append(run)
         self.buffered.append(buffered)
 

@@ -29,13 +29,13 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from importlib import metadata
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from asyncapp.constants import RUNNING
+from asyncapp import metrics
+from asyncapp.constants import INTERRUPTED, RUNNING, VERSION
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.model.change import Change
 from asyncapp.model.job import JobDef
@@ -110,7 +110,10 @@ class Membership:
     async def beat(self) -> None:
         """One heartbeat: refresh, reap, read the live list (also called by tests)."""
         mine = self._local_runs()
-        reruns, ended = await self.db.write(lambda conn: self._beat(conn, mine))
+        reaped: list[str] = []
+        reruns, ended = await self.db.write(lambda conn: self._beat(conn, mine, reaped))
+        for func in reaped:  # committed: count the runs this beat ended for good
+            metrics.RUNS.labels(func, INTERRUPTED).inc()
         self._on_live(self.live)
         if ended:
             self._on_abandoned(ended)
@@ -146,7 +149,7 @@ class Membership:
             "pid": os.getpid(),
             "role": self.role,
             "heartbeat_at": clock,
-            "version": _version(),
+            "version": VERSION,
             "info": json.dumps(self._info(), default=str),
         }
 
@@ -159,7 +162,7 @@ class Membership:
         self.live = read_live(conn)
 
     def _beat(
-        self, conn: Connection, mine: list[str]
+        self, conn: Connection, mine: list[str], reaped: list[str]
     ) -> tuple[list[tuple[Run, JobDef]], list[str]]:
         clock = self.db.clock(conn)
         refreshed = conn.execute(
@@ -191,7 +194,10 @@ class Membership:
                 "process %s stopped heartbeating; its runs in progress are interrupted", node
             )
         node = self.settings.node_name
-        reruns = reap(conn, self.db, node=node, process_id=self.id, can_run=self._can_run)
+        reaped.clear()  # a retried transaction starts over
+        reruns = reap(
+            conn, self.db, node=node, process_id=self.id, can_run=self._can_run, ended=reaped
+        )
         self.clock = clock
         self.live = read_live(conn)
         # Runs this process runs that the ledger says ended elsewhere: a newer run
@@ -302,10 +308,3 @@ class ChangeFeed:
                 log.debug("listening for changes failed (%s); retrying in %ss", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("asyncapp")
-    except metadata.PackageNotFoundError:
-        return "0"

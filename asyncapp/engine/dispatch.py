@@ -232,7 +232,7 @@ class Dispatcher:
             self._refuse(batch, exc)
             self.hooks.database_down([s for s in batch if s.answer is None])
             return
-        recorder.taken(promoted)
+        recorder.taken(promoted, write_results)
         stale: set[str] = set()
         halted: list[Submission] = []
         starts: list[tuple[list[Run], JobDef, Callable[..., Any]]] = []
@@ -266,6 +266,8 @@ class Dispatcher:
         lost = len(due.times) + (due.folded is not None) - len(outcome.won) - len(outcome.missed)
         if not due.manual and not outcome.stale and not outcome.halted:
             metrics.CLAIMS_LOST.inc(max(0, lost - len(outcome.waiting)))
+        if outcome.cancelled:  # ended by this claim, wherever they ran
+            metrics.RUNS.labels(submission.job.func, INTERRUPTED).inc(len(outcome.cancelled))
         if outcome.won:
             victims = [run_id for run_id, _ in outcome.cancelled if run_id in self._runs]
             if victims:
@@ -382,7 +384,7 @@ class Dispatcher:
                 # The runner records a run it started; claimed runs it never got to,
                 # this one if it was still waiting for a slot, are recorded here.
                 for left in runs[index if not started else index + 1 :]:
-                    self.runner.recorder.finish(left.finish(INTERRUPTED))
+                    self.runner.recorder.finish(left.finish(INTERRUPTED), func=job.func)
                 raise
             finally:
                 if task is not None:

@@ -10,7 +10,10 @@ that ended never counts as in progress against the next claim.
 
 Ending a run is conditional (:func:`asyncapp.store.claims.end_runs`): a run another
 process already declared ``interrupted`` (this one was presumed dead, or a
-newer run cancelled it) keeps that verdict, and the late end is logged.
+newer run cancelled it) keeps that verdict, and the late end is logged.  So
+``asyncapp_runs_total`` counts a run here once its end is committed, and only
+if this end is the one the history keeps (the process that declared it
+``interrupted`` counted it then).
 Ending a run of a ``buffer_one`` job starts the run waiting for it, here.
 
 The queue cannot grow without bound while the database is away: no run starts
@@ -29,9 +32,10 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
+from asyncapp import metrics
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.model.run import Run
-from asyncapp.store.claims import end_runs
+from asyncapp.store.claims import end_runs, kept_ends
 from asyncapp.store.database import Database
 from asyncapp.store.tables import attempts_table
 
@@ -60,6 +64,8 @@ class Recorder:
         self._pending: list[Run] = []
         self._writing: list[Run] = []
         self._attempts: list[dict[str, Any]] = []
+        #: The job function of each queued run, for ``asyncapp_runs_total``.
+        self._funcs: dict[str, str] = {}
         self._buffered: set[str] = set()
         #: Transactions holding results taken from the queue, not yet committed or failed.
         self._in_flight = 0
@@ -91,9 +97,15 @@ class Recorder:
             log.error("%d run results could not be written: the database is unavailable", lost)
         return lost
 
-    def finish(self, run: Run, *, buffered: bool = False) -> None:
-        """Queue the end of ``run``; ``buffered``: its job may have a run waiting for it."""
+    def finish(self, run: Run, *, func: str | None = None, buffered: bool = False) -> None:
+        """Queue the end of ``run``; ``buffered``: its job may have a run waiting for it.
+
+        With ``func`` (the job's function), the end counts in ``asyncapp_runs_total``
+        once written, unless another process had ended the run first.
+        """
         self._pending.append(run)
+        if func is not None:
+            self._funcs[run.id] = func
         if buffered:
             self._buffered.add(run.job_id)
         self._idle.clear()
@@ -127,10 +139,22 @@ class Recorder:
         attempts, self._attempts = self._attempts, []
         buffered, self._buffered = self._buffered, set()
         self._in_flight += 1
-        return functools.partial(self._write, batch=batch, attempts=attempts, buffered=buffered)
+        return functools.partial(
+            self._write, batch=batch, attempts=attempts, buffered=buffered, recorded=[]
+        )
 
-    def taken(self, started: list[Run]) -> None:
+    def taken(
+        self, started: list[Run], write: Callable[[Connection], list[Run]] | None = None
+    ) -> None:
+        """The transaction of ``write`` (from :meth:`take`) committed; ``started``: the runs
+        it started for this process."""
         self._in_flight -= 1
+        if isinstance(write, functools.partial):
+            kept = {run.id for run in write.keywords["recorded"]}
+            for run in write.keywords["batch"]:
+                func = self._funcs.pop(run.id, None)
+                if func is not None and run.id in kept:
+                    metrics.RUNS.labels(func, run.status).inc()
         if started:
             self.on_started(started)
         self._idle_if_done()
@@ -139,6 +163,7 @@ class Recorder:
         assert isinstance(write, functools.partial)
         self._in_flight -= 1
         self._pending[:0] = write.keywords["batch"]
+        write.keywords["recorded"].clear()
         self._attempts[:0] = write.keywords["attempts"]
         self._buffered |= write.keywords["buffered"]
         if self._pending or self._attempts:
@@ -188,10 +213,11 @@ class Recorder:
             except Exception:
                 log.exception("writing %d run results failed; they are dropped", len(self._writing))
                 started = []
+                write.keywords["recorded"].clear()  # type: ignore[attr-defined]
             failures = 0
             self.failing = False
             self._writing = []
-            self.taken(started)
+            self.taken(started, write)
             if self._pending or self._attempts:
                 self._wake.set()
 
@@ -207,17 +233,19 @@ class Recorder:
         batch: list[Run],
         attempts: list[dict[str, Any]],
         buffered: set[str],
+        recorded: list[Run],
     ) -> list[Run]:
         if attempts:
             conn.execute(insert(attempts_table), attempts)
         if not batch and not buffered:
             return []
-        recorded, started = end_runs(conn, self.db, batch, self.process_id, buffered=buffered)
-        if recorded < len(batch):
+        count, started = end_runs(conn, self.db, batch, self.process_id, buffered=buffered)
+        recorded[:] = batch if count >= len(batch) else kept_ends(conn, batch)
+        if count < len(batch):
             log.warning(
                 "%d of %d runs ended after another process had ended them (this process was "
                 "presumed dead, or a newer run cancelled them); the history keeps that verdict",
-                len(batch) - recorded,
+                len(batch) - count,
                 len(batch),
             )
         return started

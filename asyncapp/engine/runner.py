@@ -17,7 +17,9 @@ one succeeds or the job's retries are spent:
   ASYNCAPP_RETRY_BACKOFF_MAX)``.  The random half keeps many jobs failing
   together from retrying in step; the fixed half makes each wait at least as
   long as the one before (full jitter would not).  Each failed attempt is kept
-  under the run; the run ends with the last attempt's status;
+  under the run with its own start and end (the backoff wait is in neither);
+  the run keeps its first attempt's start and ends with the last attempt's
+  status;
 - a job that raises is logged once, at the end, with its traceback, and the
   run records the error's type and message; nothing else is affected.
 
@@ -44,7 +46,7 @@ from asyncapp import metrics
 from asyncapp.constants import BUFFER_ONE, ERROR, INTERRUPTED, SUCCESS, TIMEOUT, RunStatus
 from asyncapp.engine.recorder import Recorder
 from asyncapp.errors import JobTimeout, NotRunning
-from asyncapp.logs import run_tags
+from asyncapp.logs import escape, run_tags
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run, utcnow
 from asyncapp.settings import Settings
@@ -157,29 +159,32 @@ class Runner:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                run = run.evolve(attempt=run.attempt + 1)
+                # Each attempt has its own start; the run keeps its first (``first``).
+                run = run.evolve(attempt=run.attempt + 1, started_at=utcnow())
         except asyncio.CancelledError:
-            self._cancelled(run, job)
+            self._cancelled(run, job, first.started_at)
             raise
         finally:
             metrics.RUNNING.dec()
             run_tags.reset(tags_token)
         ended = run.finish(status, error).evolve(started_at=first.started_at)
-        self.recorder.finish(ended, buffered=job.overlap == BUFFER_ONE)
+        self.recorder.finish(ended, func=job.func, buffered=job.overlap == BUFFER_ONE)
         took = (ended.ended_at - first.started_at).total_seconds()  # type: ignore[operator]
-        metrics.RUNS.labels(job.func, status).inc()
         metrics.DURATION.labels(job.func).observe(took)
         _log_end(job, ended, took, error, tags)
         return ended
 
-    def _cancelled(self, run: Run, job: JobDef) -> None:
-        """Record ``run`` as interrupted, unless another process ended it (abandoned)."""
+    def _cancelled(self, run: Run, job: JobDef, started_at: datetime | None = None) -> None:
+        """Record ``run`` as interrupted (started at ``started_at``, its first attempt's
+        start), unless another process ended it (abandoned)."""
         if run.id in self.abandoned:
             self.abandoned.discard(run.id)
             log.warning("job %s run %s was ended elsewhere; stopped it here", job.id, run.id)
             return
-        self.recorder.finish(run.finish(INTERRUPTED), buffered=job.overlap == BUFFER_ONE)
-        metrics.RUNS.labels(job.func, INTERRUPTED).inc()
+        interrupted = run.finish(INTERRUPTED)
+        if started_at is not None:
+            interrupted = interrupted.evolve(started_at=started_at)
+        self.recorder.finish(interrupted, func=job.func, buffered=job.overlap == BUFFER_ONE)
         log.warning("job %s run %s interrupted", job.id, run.id)
 
     async def _attempt(
@@ -236,7 +241,8 @@ class Runner:
 def _describe(error: BaseException | None) -> str:
     if error is None:
         return "-"
-    return f"{type(error).__name__}: {str(error)[:200]}"
+    # The message is the job's: one line in any log handler (logs.escape).
+    return escape(f"{type(error).__name__}: {str(error)[:200]}")
 
 
 def _log_end(

@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import logging
-from importlib import metadata
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -39,6 +38,7 @@ from werkzeug.exceptions import (
 )
 
 from asyncapp import metrics
+from asyncapp.constants import VERSION
 from asyncapp.errors import (
     AsyncAppError,
     DatabaseUnavailable,
@@ -56,6 +56,7 @@ from asyncapp.faces.openapi import (
     Upcoming,
     build_document,
 )
+from asyncapp.logs import escape
 from asyncapp.model.change import Actor
 from asyncapp.model.tasks import registry
 from asyncapp.service.jobs import Idempotency, JobService
@@ -263,7 +264,7 @@ async def start_scheduler() -> Response:
 
 async def shutdown_scheduler() -> Response:
     # ``wait`` is accepted for Flask-APScheduler clients; running jobs always go on.
-    if request.get_data(cache=True).strip():  # the body is optional, but checked when sent
+    if request.get_data(cache=True):  # the body is optional, but checked when sent
         parse_shutdown(_body())
     await _service().shutdown_scheduler(_actor())
     return _no_content()
@@ -297,7 +298,8 @@ async def delete_job(job_id: str) -> Response:
 
 
 async def pause_job(job_id: str) -> Response:
-    note = parse_pause(_body()) if request.get_data(cache=True).strip() else None
+    # The body is optional; one that is sent (whitespace too) must be a JSON object.
+    note = parse_pause(_body()) if request.get_data(cache=True) else None
     return _json(await _service().pause_job(_job_id(job_id), _actor(), note))
 
 
@@ -345,16 +347,9 @@ async def get_job_upcoming(job_id: str) -> Response:
 
 async def openapi() -> Response:
     document = build_document(
-        OPERATIONS, prefix=host().settings.api_prefix, version=_version(), functions=registry.refs()
+        OPERATIONS, prefix=host().settings.api_prefix, version=VERSION, functions=registry.refs()
     )
     return _json(document)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("asyncapp")
-    except metadata.PackageNotFoundError:
-        return "0"
 
 
 OPERATIONS: list[Operation] = [
@@ -519,13 +514,13 @@ def _http_error(exc: HTTPException) -> Response:
 
 def _unexpected_error(exc: Exception) -> Response:
     if isinstance(exc, DatabaseUnavailable):
-        log.warning("%s %s: %s (%s)", request.method, request.path, exc, exc.detail)
+        log.warning("%s %s: %s (%s)", request.method, escape(request.path), exc, exc.detail)
         response = _app_error(exc)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     if isinstance(exc, AsyncAppError):
         return _app_error(exc)
-    log.exception("unexpected error in %s %s", request.method, request.path)
+    log.exception("unexpected error in %s %s", request.method, escape(request.path))
     return _error(500, "Internal server error; the details are in the server log.")
 
 

@@ -15,10 +15,9 @@ import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from asyncapp.constants import ALLOW, SKIP, OverlapPolicy
-from asyncapp.model.triggers import Spec, spec_fields
+from asyncapp.model.triggers import Spec, parse_zone, spec_fields
 from asyncapp.model.values import from_epoch
 
 
@@ -128,8 +127,8 @@ class JobDef:
     def local(self, moment: datetime) -> str:
         """``moment`` as ISO 8601 in the trigger's time zone, with that zone's true offset."""
         try:
-            zone: tzinfo = ZoneInfo(self.trigger.get("timezone") or "UTC")
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            zone: tzinfo = parse_zone(self.trigger.get("timezone") or "UTC")
+        except (ValueError, TypeError):
             zone = UTC
         return moment.astimezone(zone).isoformat()
 

@@ -36,9 +36,9 @@ in the trigger's zone with the offset in force at that instant.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -71,6 +71,9 @@ def build_trigger(spec: Spec, default_timezone: tzinfo, *, jitter: bool = True) 
     """Build the APScheduler trigger a spec describes.
 
     Naive dates are read in the trigger's ``timezone`` (else ``default_timezone``).
+    A date trigger without a ``timezone`` whose ``run_date`` carries an offset
+    keeps that offset as its zone (``UTC+02:00``); with one, its run date is
+    that instant read in the zone.
     ``jitter=False`` leaves the spec's jitter out: the scheduler computes the
     exact times, which are the claim keys every process must agree on, and the
     executor delays the start by a random part of the jitter after the claim.
@@ -102,7 +105,10 @@ def build_trigger(spec: Spec, default_timezone: tzinfo, *, jitter: bool = True) 
         return _cron(spec, zone, dates, spread)
     if "run_date" not in dates:
         raise InvalidJob([_error("run_date", "is required for a date trigger")])
-    return DateTrigger(run_date=dates["run_date"], timezone=zone)
+    run_date = dates["run_date"]
+    if spec.get("timezone") is not None and run_date.tzinfo is not None:
+        run_date = run_date.astimezone(zone)
+    return DateTrigger(run_date=run_date, timezone=zone)
 
 
 #: How far past a scheduled time to look for the next one (much less than any interval).
@@ -146,6 +152,37 @@ def fire_times_after(trigger: BaseTrigger, after: datetime, count: int) -> list[
             times.append(moment)
         moment = fire_time_after(trigger, moment, after)
     return times
+
+
+#: The Gregorian calendar repeats every 400 years (146,097 days): a cron without a year
+#: field that matches no time in that span (and a day) matches none ever.
+_CALENDAR_CYCLE = timedelta(days=146097 + 1)
+
+
+def has_fire_time(trigger: BaseTrigger, now: datetime) -> bool:
+    """False if ``trigger`` is a cron trigger whose fields match no time at or after
+    ``now`` (and its ``start_date``), up to its ``end_date``: ``day=31, month=2`` never does.
+
+    Other triggers are not judged (True).  Searching for a time that does not
+    exist, APScheduler walks every year up to 9999 (a third of a second), so
+    the search stops after one calendar cycle unless a year field makes the
+    cycle no proof.
+    """
+    if not isinstance(trigger, CronTrigger):
+        return True
+    since = now if trigger.start_date is None else max(now, trigger.start_date)
+    horizon = since + _CALENDAR_CYCLE
+    end = trigger.end_date
+    has_year = any(f.name == "year" and not f.is_default for f in trigger.fields)
+    if end is None or end > horizon:
+        end = None if has_year else horizon
+    probe = CronTrigger(
+        **{f.name: str(f) for f in trigger.fields if not f.is_default},
+        timezone=trigger.timezone,
+        start_date=since,
+        end_date=end,
+    )
+    return probe.get_next_fire_time(None, since) is not None
 
 
 def canonical_time(trigger: BaseTrigger, moment: datetime) -> datetime | None:
@@ -398,14 +435,35 @@ def _split_interval(interval: timedelta) -> dict[str, float]:
     return parts
 
 
+#: A fixed offset as ``str(datetime.timezone(...))`` writes it: ``UTC+02:00``, ``UTC-05:30``.
+_FIXED_OFFSET = re.compile(r"UTC([+-])([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")
+
+
+def parse_zone(name: str) -> tzinfo:
+    """The zone ``name`` stands for: an IANA name (``Europe/Paris``, ``UTC``) or a fixed
+    offset as the API shows one (``UTC+02:00``, the zone of a date given with an offset).
+
+    :raises ValueError: for anything else.
+    """
+    fixed = _FIXED_OFFSET.fullmatch(name)
+    if fixed:
+        sign, hours, minutes, seconds = fixed.groups()
+        offset = timedelta(hours=int(hours), minutes=int(minutes), seconds=int(seconds or 0))
+        return UTC if not offset else timezone(-offset if sign == "-" else offset)
+    try:
+        return ZoneInfo(name)
+    except Exception:  # ZoneInfo raises several types for odd names; all mean "unknown".
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
 def _zone(name: Any, default: tzinfo, errors: list[dict[str, str]]) -> tzinfo:
     if name is None:
         return default
     try:
         if not isinstance(name, str):
             raise ValueError
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        return parse_zone(name)
+    except ValueError:
         errors.append(_error("timezone", f"unknown time zone {name!r}"))
         return default
 

@@ -108,6 +108,15 @@ class Local(Protocol):
         """This process as ``GET /scheduler`` shows it."""
 
 
+def _listed(live: list[Process], clock: float, local: dict[str, Any]) -> list[dict[str, Any]]:
+    """The live processes, this one (``local``) as it is now rather than as its heartbeat
+    row last said (at join, right after start, the row predates the scheduler)."""
+    return [
+        process.to_dict(clock) | (local if process.id == local.get("id") else {})
+        for process in live
+    ]
+
+
 class JobService:
     """Operations on the jobs, runs and scheduler state in one database."""
 
@@ -149,7 +158,7 @@ class JobService:
             "broken_jobs": sum(1 for job in jobs if self._broken(job)),
             "runs_in_progress": local.get("runs_in_progress", 0),
             "process": local,
-            "processes": [process.to_dict(clock) for process in live],
+            "processes": _listed(live, clock, local),
         }
 
     async def processes(self) -> dict[str, Any]:
@@ -161,11 +170,8 @@ class JobService:
             return self.store.scheduler_state(conn), read_live(conn), self.db.clock(conn)
 
         state, live, clock = await self.db.read(read)
-        return {
-            "state": state,
-            "process": self.local.info() if self.local is not None else {},
-            "processes": [process.to_dict(clock) for process in live],
-        }
+        local = self.local.info() if self.local is not None else {}
+        return {"state": state, "process": local, "processes": _listed(live, clock, local)}
 
     async def pause_scheduler(self, actor: Actor) -> None:
         """Stop firing in every process until resumed (state ``paused``); runs go on."""

@@ -16,7 +16,7 @@ what the document says is exactly what the server accepts.
 from __future__ import annotations
 
 import math
-import zoneinfo
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -35,6 +35,7 @@ from asyncapp.constants import (
     TriggerType,
 )
 from asyncapp.constants import TRIGGER_FIELDS as _FIELDS_BY_TYPE
+from asyncapp.model.triggers import parse_zone
 
 # A cron field as APScheduler takes it: an expression ("*/5", "mon-fri") or a number.
 CronValue = (
@@ -58,13 +59,26 @@ MAX_INTERVAL_SECONDS = 100 * 366 * 86400
 # millisecond the scheduler looks past one time to find the next.
 MIN_INTERVAL_SECONDS = 0.01
 
-JOB_ID_PATTERN = r"^[^/\x00-\x1f\x7f]+$"
+#: What a job id must not contain: the URL path separators ``/`` and ``\`` (browsers
+#: read ``\`` as ``/``), C0 and C1 control characters, and invisible format
+#: characters: zero-width ones, the bidirectional marks and overrides (U+200E/F,
+#: U+202A-202E, U+2066-2069) and the line and paragraph separators (U+2028/9).
+_NOT_IN_ID = r"/\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+#: A job id: it appears as one segment of URL paths, so it must survive every client's
+#: URL handling.  Besides the characters above, an id made only of dots and
+#: whitespace (".", "..", " ") is refused: "." and ".." are dot segments that
+#: clients resolve away, and a blank id cannot be seen.
+JOB_ID_PATTERN = rf"^[^{_NOT_IN_ID}]*[^{_NOT_IN_ID}\s.][^{_NOT_IN_ID}]*$"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 FUNC_PATTERN = f"^{_DOTTED}:{_DOTTED}$"  # module:qualname
+#: Text any of our databases can store (PostgreSQL refuses NUL).
+NO_NUL_PATTERN = r"^[^\x00]*$"
 #: What a value that does not match each pattern is told, instead of the pattern.
 PATTERN_MESSAGES: dict[str, str] = {
+    NO_NUL_PATTERN: "contains a NUL character",
     FUNC_PATTERN: "use module:function, e.g. myjobs:poll",
-    JOB_ID_PATTERN: "must not contain '/' or control characters",
+    JOB_ID_PATTERN: "must be printable text with a character other than '.' and spaces, "
+    "without '/', '\\', control, zero-width or bidirectional characters",
 }
 
 
@@ -129,7 +143,11 @@ class TriggerFields(_Closed):
     start_date: str | None = Field(None, max_length=64, description="ISO 8601 date-time")
     end_date: str | None = Field(None, max_length=64, description="ISO 8601 date-time")
     timezone: str | None = Field(
-        None, max_length=64, description="IANA time zone name, e.g. Europe/Paris"
+        None,
+        max_length=64,
+        description="IANA time zone name, e.g. Europe/Paris, or a fixed offset as the job "
+        "JSON shows one, e.g. UTC+02:00 (default: the offset of an offset-carrying run_date, "
+        "else the scheduler's zone)",
     )
     jitter: int | None = Field(
         None, ge=0, le=86400, description="Random delay added to each run, seconds"
@@ -168,9 +186,11 @@ class TriggerFields(_Closed):
         if value is None:
             return None
         try:
-            zoneinfo.ZoneInfo(value)
-        except Exception:  # ZoneInfo raises several types for odd names; all mean "unknown".
-            raise _custom("is not a known IANA time zone, e.g. UTC or Europe/Paris") from None
+            parse_zone(value)
+        except ValueError:
+            raise _custom(
+                "is not a known IANA time zone or UTC offset, e.g. UTC, Europe/Paris, UTC+02:00"
+            ) from None
         return value
 
     @field_validator(*CRON_FIELDS)
@@ -242,8 +262,33 @@ class JobFields(TriggerFields):
         return value
 
 
+def _interval_needs_a_unit(schema: dict[str, Any]) -> None:
+    """Say in the document what validation says: an interval trigger (flat or nested)
+    needs at least one unit, given flat or inside the nested trigger."""
+    interval = {
+        "anyOf": [
+            {"const": "interval"},
+            {"type": "object", "properties": {"type": {"const": "interval"}}, "required": ["type"]},
+        ]
+    }
+    unit_given = [
+        {"required": [unit], "properties": {unit: {"type": "number"}}} for unit in INTERVAL_UNITS
+    ]
+    nested_unit_given = [
+        {"properties": {"trigger": {"type": "object", **option}}} for option in unit_given
+    ]
+    schema.setdefault("allOf", []).append(
+        {
+            "if": {"properties": {"trigger": interval}, "required": ["trigger"]},
+            "then": {"anyOf": unit_given + nested_unit_given},
+        }
+    )
+
+
 class JobCreate(JobFields):
     """Body of ``POST /scheduler/jobs``. Omitted ``trigger`` means run once, now."""
+
+    model_config = ConfigDict(json_schema_extra=_interval_needs_a_unit)
 
     id: str | None = Field(
         None,
@@ -275,6 +320,8 @@ class JobUpdate(JobFields):
     be sent back.
     """
 
+    model_config = ConfigDict(json_schema_extra=_interval_needs_a_unit)
+
     id: str | None = Field(None, max_length=MAX_ID_LENGTH)
     func: str | None = Field(None, max_length=256, pattern=FUNC_PATTERN)
     trigger: TriggerType | NestedTrigger | None = None
@@ -290,7 +337,10 @@ class PauseRequest(_Closed):
     """Optional body of ``POST /scheduler/jobs/{job_id}/pause``."""
 
     note: str | None = Field(
-        None, max_length=MAX_NOTE_LENGTH, description="Why it is paused; shown with the job"
+        None,
+        max_length=MAX_NOTE_LENGTH,
+        pattern=NO_NUL_PATTERN,
+        description="Why it is paused; shown with the job",
     )
 
     @field_validator("note")
@@ -320,6 +370,14 @@ class RunQuery(BaseModel):
     offset: int = Field(0, ge=0, le=10**9)
 
 
+#: The form of ``after`` the document promises (also accepted: other ISO 8601 forms
+#: Python reads, and a "+" that arrived as a space): an RFC 3339 date-time in the
+#: years the scheduler computes in.
+AFTER_PATTERN = r"^(19\d\d|[2-8]\d{3}|9000)-\d\d-\d\dT\d\d:\d\d:[0-5]\d(\.\d+)?(Z|[+-]\d\d:\d\d)$"
+#: A time of day followed by a space and an offset: a "+" that a query string turned into " ".
+_SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?) (\d\d(?::?\d\d)?)$")
+
+
 class UpcomingQuery(BaseModel):
     """Query string of ``GET /scheduler/jobs/{job_id}/upcoming`` (values arrive as text).
 
@@ -333,8 +391,9 @@ class UpcomingQuery(BaseModel):
     count: int = Field(DEFAULT_UPCOMING, ge=1, le=MAX_UPCOMING, description="How many times")
     after: datetime | None = Field(
         None,
-        description="ISO 8601 date-time with a UTC offset; the times listed are strictly "
-        "after it (default: now)",
+        description="ISO 8601 date-time with a UTC offset, in years 1900-9000; the times "
+        "listed are strictly after it (default: now)",
+        json_schema_extra={"pattern": AFTER_PATTERN},
     )
 
     @field_validator("after", mode="before")
@@ -342,6 +401,8 @@ class UpcomingQuery(BaseModel):
     def _aware_iso(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
+        # An unescaped "+" in a query string arrives as a space: "12:00:00 02:00".
+        value = _SPACED_OFFSET.sub(r"\1+\2", value)
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:

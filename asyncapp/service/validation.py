@@ -22,7 +22,7 @@ from pydantic_core import ErrorDetails
 
 from asyncapp.constants import CRON_FIELDS, JOB_OPTIONS, SECONDS_PER, TRIGGER_NAMES, TriggerType
 from asyncapp.errors import InvalidJob
-from asyncapp.model.triggers import build_trigger
+from asyncapp.model.triggers import build_trigger, has_fire_time
 from asyncapp.service.schemas import (
     ALL_TRIGGER_FIELDS,
     INTERVAL_FIELDS,
@@ -146,9 +146,11 @@ def _as_aware(value: str) -> datetime:
 
 
 def _check_trigger_builds(spec: dict[str, Any]) -> None:
-    """Ask the core to build the trigger, so cron fields and dates really parse."""
+    """Ask the core to build the trigger, so cron fields and dates really parse, and
+    refuse a cron trigger that has no fire time."""
     try:
-        build_trigger(spec, UTC)
+        trigger = build_trigger(spec, UTC)
+        fires = has_fire_time(trigger, datetime.now(UTC))
     except InvalidJob:
         raise
     except (ValueError, TypeError, OverflowError, LookupError):
@@ -156,6 +158,16 @@ def _check_trigger_builds(spec: dict[str, Any]) -> None:
         raise InvalidJob(
             [{"field": "trigger", "message": "the trigger fields do not form a valid schedule"}]
         ) from None
+    if not fires:
+        until = " before its end_date" if spec.get("end_date") else ""
+        raise InvalidJob(
+            [
+                {
+                    "field": "trigger",
+                    "message": f"the cron fields match no time{until}: it has no fire time",
+                }
+            ]
+        )
 
 
 def parse_job_create(data: Any) -> dict[str, Any]:

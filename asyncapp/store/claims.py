@@ -314,6 +314,22 @@ def end_runs(
     return recorded, _promote(conn, buffered, process_id)
 
 
+#: The function label of a run whose job is gone.
+UNKNOWN_FUNC = "unknown"
+
+
+def kept_ends(conn: Connection, ended: list[Run]) -> list[Run]:
+    """Those of ``ended`` whose end the history holds (after :func:`end_runs`, in its
+    transaction): the others had been ended by another process first."""
+    rows = conn.execute(
+        select(runs_table.c.id, runs_table.c.status, runs_table.c.ended_at).where(
+            runs_table.c.id.in_([run.id for run in ended])
+        )
+    ).all()
+    held = {row.id: (row.status, as_utc(row.ended_at)) for row in rows}
+    return [run for run in ended if held.get(run.id) == (run.status, run.ended_at)]
+
+
 def reap(
     conn: Connection,
     db: Database,
@@ -321,8 +337,12 @@ def reap(
     node: str,
     process_id: str,
     can_run: Callable[[JobDef], bool],
+    ended: list[str] | None = None,
 ) -> list[tuple[Run, JobDef]]:
     """End the runs of processes that are gone; returns those this process starts.
+
+    ``ended`` receives the job function of each run ended here for good (not
+    run again), for ``asyncapp_runs_total`` once the transaction commits.
 
     A run is orphaned when the process that claimed it has no row in
     ``asyncapp_processes`` any more (it stopped heartbeating and was removed).
@@ -361,14 +381,16 @@ def reap(
         if orphan.status == WAITING:
             continue  # started below, once the runs it waits for are ended
         job = jobs.get(orphan.job_id)
-        ended = {
+        verdict = {
             "status": INTERRUPTED,
             "ended_at": now,
             "error_type": None,
             "error_message": f"process {orphan.node} stopped responding while it ran",
         }
         if job is None or not job.rerun_interrupted or not can_run(job):
-            conn.execute(update(runs_table).where(runs_table.c.id == orphan.id).values(**ended))
+            conn.execute(update(runs_table).where(runs_table.c.id == orphan.id).values(**verdict))
+            if ended is not None:
+                ended.append(job.func if job is not None else UNKNOWN_FUNC)
             continue
         conn.execute(
             insert(attempts_table).values(
@@ -377,7 +399,7 @@ def reap(
                 started_at=orphan.started_at,
                 node=orphan.node,
                 process_id=orphan.process_id,
-                **ended,
+                **verdict,
             )
         )
         again = Run(

@@ -43,6 +43,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
@@ -214,3 +215,30 @@ class SlidingWindow:
                 return events[0] + self.window - now
             events.append(now)
             return 0.0
+
+
+#: Characters a path and query may show as they are in a ``Location`` header.
+_URL_SAFE = "/?&=%:@!$'()*+,;~-._"
+
+
+def same_site_path(target: str, prefix: str) -> str | None:
+    """``target`` as a ``Location`` for a redirect after login, if it is a path of this
+    site under ``prefix`` (a login's ``next``); else None, and the caller goes home.
+
+    Refused: anything with a scheme or host (``https://x``, ``//x``), a backslash
+    (browsers read it as ``/``), control characters (a CR or LF would split the
+    header: Werkzeug refuses to send it, with an error), and paths elsewhere on
+    the site.  Other characters are percent-encoded.
+    """
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or parts.fragment:
+        return None
+    if parts.path != prefix and not parts.path.startswith(prefix + "/"):
+        return None
+    if "/../" in parts.path + "/" or "/./" in parts.path + "/":
+        return None
+    return quote(target, safe=_URL_SAFE)

@@ -61,7 +61,6 @@ from asyncapp.faces.dashboard.pages import (
     session,
     state,
     token,
-    under_prefix,
 )
 from asyncapp.faces.dashboard.security import (
     DashboardSessions,
@@ -70,6 +69,7 @@ from asyncapp.faces.dashboard.security import (
     logged_in,
     login_mark,
     new_csrf_token,
+    same_site_path,
     token_matches,
 )
 from asyncapp.faces.host import Host
@@ -147,10 +147,8 @@ def logout() -> Response:
 
 def _next_page() -> str:
     """Where to go after logging in: a dashboard page named in ``next``, else the jobs."""
-    target = request.args.get("next", "")
-    if under_prefix(target.split("?")[0]) and "//" not in target and "\\" not in target:
-        return target
-    return url_for("dashboard.jobs")
+    target = same_site_path(request.args.get("next", ""), PREFIX)
+    return target if target is not None else url_for("dashboard.jobs")
 
 
 # -- pages ---------------------------------------------------------------------------
