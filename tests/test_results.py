@@ -36,14 +36,14 @@ async def test_flush_waits_for_results_riding_in_a_claims_transaction(
     recorder: Recorder,
 ) -> None:
     recorder.finish(ended_run())
-    recorder.take()  # a claim takes the result into its own transaction
+    batch = recorder.take()  # a claim takes the result into its own transaction
     await asyncio.sleep(0.05)  # the recorder's task wakes for the result and finds none queued
 
     flushing = asyncio.create_task(recorder.flush(5))
     await asyncio.sleep(0.05)
     assert not flushing.done(), "flush returned before the claim holding the result committed"
 
-    recorder.taken([])  # the claim committed
+    recorder.taken(batch)  # the claim committed
     assert await flushing
 
 

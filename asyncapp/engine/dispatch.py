@@ -119,7 +119,7 @@ class Dispatcher:
         #: The job and function each job's latest run here started with.
         self._latest: dict[str, tuple[JobDef, Callable[..., Any]]] = {}
         self._slots = asyncio.Semaphore(runner.settings.max_running)
-        runner.recorder.on_started = self.start_promoted
+        self._promoter: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> int:
@@ -132,6 +132,7 @@ class Dispatcher:
 
     def start(self) -> None:
         self._claimer = asyncio.create_task(self._claim_forever(), name="asyncapp-claims")
+        self._promoter = asyncio.create_task(self._promote_forever(), name="asyncapp-promoted")
 
     async def stop(self) -> None:
         """Stop claiming once the claim being written (if any) is done and its runs started.
@@ -145,6 +146,10 @@ class Dispatcher:
             self._wake.set()
             await asyncio.gather(self._claimer, return_exceptions=True)
             self._claimer = None
+        if self._promoter is not None:
+            self._promoter.cancel()
+            await asyncio.gather(self._promoter, return_exceptions=True)
+            self._promoter = None
         pending, self._pending = self._pending, []
         for submission in pending:
             if submission.answer is not None and not submission.answer.done():
@@ -205,10 +210,10 @@ class Dispatcher:
     async def _claim(self, batch: list[Submission]) -> None:
         dues = [submission.due for submission in batch]
         recorder = self.runner.recorder
-        write_results = recorder.take()
+        results = recorder.take()
 
         def transaction(conn: Connection) -> tuple[list[Run], list[Outcome]]:
-            promoted = write_results(conn)
+            promoted = results(conn)
             outcomes = claim(
                 self.db,
                 conn,
@@ -222,17 +227,19 @@ class Dispatcher:
         try:
             promoted, outcomes = await self.db.write(transaction)
         except DatabaseUnavailable as exc:
-            recorder.untake(write_results)
+            recorder.untake(results)
             self._refuse(batch, exc)
             self.hooks.database_down([s for s in batch if s.answer is None])
             return
         except Exception as exc:
-            recorder.untake(write_results)
+            recorder.untake(results)
             log.exception("claiming %d due jobs failed", len(batch))
             self._refuse(batch, exc)
             self.hooks.database_down([s for s in batch if s.answer is None])
             return
-        recorder.taken(promoted, write_results)
+        recorder.taken(results)
+        if promoted:
+            self.start_promoted(promoted)
         stale: set[str] = set()
         halted: list[Submission] = []
         starts: list[tuple[list[Run], JobDef, Callable[..., Any]]] = []
@@ -332,6 +339,12 @@ class Dispatcher:
             self._runs[run.id] = task
         self._latest[job.id] = job, func
         task.add_done_callback(lambda _: self._forget(runs))
+
+    async def _promote_forever(self) -> None:
+        """Start the waiting runs that the recorder's own writes handed to this process."""
+        promoted = self.runner.recorder.promoted
+        while True:
+            self.start_promoted(await promoted.get())
 
     def start_promoted(self, runs: list[Run]) -> None:
         """Start runs that this process took over (a waiting run, a re-run)."""

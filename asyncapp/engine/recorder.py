@@ -24,9 +24,8 @@ at most the runs that were in progress when the outage began.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert
@@ -42,6 +41,26 @@ from asyncapp.store.tables import attempts_table
 log = logging.getLogger("asyncapp.run")
 
 
+@dataclass(eq=False)
+class Batch:
+    """Results taken from the queue for one transaction (:meth:`Recorder.take`).
+
+    Call it with the transaction's connection to write them; it returns the
+    waiting runs this process now owns.  After the transaction, hand it back
+    to :meth:`Recorder.taken` (committed) or :meth:`Recorder.untake` (failed).
+    """
+
+    recorder: Recorder
+    runs: list[Run]
+    attempts: list[dict[str, Any]]
+    buffered: set[str]
+    #: The ends the history kept, known once written (another process may have ended some).
+    kept: list[Run] = field(default_factory=list)
+
+    def __call__(self, conn: Connection) -> list[Run]:
+        return self.recorder._write(conn, self)
+
+
 class Recorder:
     """Writes the ends of runs in batches, off the loop; retries while the database is away."""
 
@@ -51,16 +70,12 @@ class Recorder:
     #: Results that are written at once, without lingering.
     BATCH = 200
 
-    def __init__(
-        self,
-        db: Database,
-        process_id: str,
-        on_started: Callable[[list[Run]], None] = lambda runs: None,
-    ) -> None:
+    def __init__(self, db: Database, process_id: str) -> None:
         self.db = db
         self.process_id = process_id
-        #: Called on the loop with the waiting runs this process must now start.
-        self.on_started = on_started
+        #: Waiting runs that the ends this recorder wrote handed to this process to start
+        #: (``buffer_one``); the dispatcher takes them from here.
+        self.promoted: asyncio.Queue[list[Run]] = asyncio.Queue()
         self._pending: list[Run] = []
         self._writing: list[Run] = []
         self._attempts: list[dict[str, Any]] = []
@@ -129,43 +144,34 @@ class Recorder:
         self._idle.clear()
         self._wake.set()
 
-    def take(self) -> Callable[[Connection], list[Run]]:
-        """Hand the queued results to a claim's transaction; returns the writer to call in it.
+    def take(self) -> Batch:
+        """Hand the queued results to a transaction (a claim's, or the recorder's own).
 
-        Call :meth:`taken` with the writer's result once committed, or
-        :meth:`untake` if the transaction failed.
+        Call the batch in the transaction, then :meth:`taken` once it committed
+        or :meth:`untake` if it failed.
         """
-        batch, self._pending = self._pending, []
-        attempts, self._attempts = self._attempts, []
-        buffered, self._buffered = self._buffered, set()
+        batch = Batch(self, self._pending, self._attempts, self._buffered)
+        self._pending, self._attempts, self._buffered = [], [], set()
         self._in_flight += 1
-        return functools.partial(
-            self._write, batch=batch, attempts=attempts, buffered=buffered, recorded=[]
-        )
+        return batch
 
-    def taken(
-        self, started: list[Run], write: Callable[[Connection], list[Run]] | None = None
-    ) -> None:
-        """The transaction of ``write`` (from :meth:`take`) committed; ``started``: the runs
-        it started for this process."""
+    def taken(self, batch: Batch) -> None:
+        """``batch``'s transaction committed: count the ends the history kept."""
         self._in_flight -= 1
-        if isinstance(write, functools.partial):
-            kept = {run.id for run in write.keywords["recorded"]}
-            for run in write.keywords["batch"]:
-                func = self._funcs.pop(run.id, None)
-                if func is not None and run.id in kept:
-                    metrics.RUNS.labels(func, run.status).inc()
-        if started:
-            self.on_started(started)
+        kept = {run.id for run in batch.kept}
+        for run in batch.runs:
+            func = self._funcs.pop(run.id, None)
+            if func is not None and run.id in kept:
+                metrics.RUNS.labels(func, run.status).inc()
         self._idle_if_done()
 
-    def untake(self, write: Callable[[Connection], list[Run]]) -> None:
-        assert isinstance(write, functools.partial)
+    def untake(self, batch: Batch) -> None:
+        """``batch``'s transaction failed: its results go back to the front of the queue."""
         self._in_flight -= 1
-        self._pending[:0] = write.keywords["batch"]
-        write.keywords["recorded"].clear()
-        self._attempts[:0] = write.keywords["attempts"]
-        self._buffered |= write.keywords["buffered"]
+        batch.kept.clear()
+        self._pending[:0] = batch.runs
+        self._attempts[:0] = batch.attempts
+        self._buffered |= batch.buffered
         if self._pending or self._attempts:
             self._idle.clear()
             self._wake.set()
@@ -197,14 +203,14 @@ class Recorder:
                 # Results riding in a claim's transaction are written when it commits.
                 self._idle_if_done()
                 continue
-            write = self.take()
-            self._writing = write.keywords["batch"]  # type: ignore[attr-defined]
+            batch = self.take()
+            self._writing = batch.runs
             try:
-                started = await self.db.write(write)
+                started = await self.db.write(batch)
             except DatabaseUnavailable:
                 self.failing = True
                 self._writing = []
-                self.untake(write)
+                self.untake(batch)
                 delay = self.RETRY_SECONDS[min(failures, len(self.RETRY_SECONDS) - 1)]
                 failures += 1
                 await asyncio.sleep(delay)
@@ -213,11 +219,13 @@ class Recorder:
             except Exception:
                 log.exception("writing %d run results failed; they are dropped", len(self._writing))
                 started = []
-                write.keywords["recorded"].clear()  # type: ignore[attr-defined]
+                batch.kept.clear()
             failures = 0
             self.failing = False
             self._writing = []
-            self.taken(started, write)
+            self.taken(batch)
+            if started:
+                self.promoted.put_nowait(started)
             if self._pending or self._attempts:
                 self._wake.set()
 
@@ -226,26 +234,19 @@ class Recorder:
             self._urgent = False
             self._idle.set()
 
-    def _write(
-        self,
-        conn: Connection,
-        *,
-        batch: list[Run],
-        attempts: list[dict[str, Any]],
-        buffered: set[str],
-        recorded: list[Run],
-    ) -> list[Run]:
-        if attempts:
-            conn.execute(insert(attempts_table), attempts)
-        if not batch and not buffered:
+    def _write(self, conn: Connection, batch: Batch) -> list[Run]:
+        if batch.attempts:
+            conn.execute(insert(attempts_table), batch.attempts)
+        runs = batch.runs
+        if not runs and not batch.buffered:
             return []
-        count, started = end_runs(conn, self.db, batch, self.process_id, buffered=buffered)
-        recorded[:] = batch if count >= len(batch) else kept_ends(conn, batch)
-        if count < len(batch):
+        count, started = end_runs(conn, self.db, runs, self.process_id, buffered=batch.buffered)
+        batch.kept[:] = runs if count >= len(runs) else kept_ends(conn, runs)
+        if count < len(runs):
             log.warning(
                 "%d of %d runs ended after another process had ended them (this process was "
                 "presumed dead, or a newer run cancelled them); the history keeps that verdict",
-                len(batch) - count,
-                len(batch),
+                len(runs) - count,
+                len(runs),
             )
         return started
