@@ -6,7 +6,8 @@ with an open quote continues on the next):
 
 - ``export NAME=value`` and ``NAME=value`` set the environment;
 - ``.venv/bin/hypercorn ...`` starts a real server (stopping the one before);
-- ``.venv/bin/<tool> ...`` runs this interpreter's ``-m <tool>`` and must exit 0;
+- ``.venv/bin/<tool> ...`` runs this interpreter's ``-m <tool>`` (``.venv/bin/python``:
+  the interpreter itself) and must exit 0;
 - ``curl ...`` becomes the same HTTP request, which must answer below 400.
 
 Only the port is adapted (a free one instead of 8000, in commands and files).
@@ -121,8 +122,9 @@ class Reader:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCAPP_")}
         env.update(self.env)
         env.update(assignments)
+        module = [] if tool == "python" else ["-m", tool]
         done = subprocess.run(
-            [sys.executable, "-m", tool, *args],
+            [sys.executable, *module, *args],
             cwd=self.workdir,
             env=env,
             capture_output=True,

@@ -65,3 +65,25 @@ def test_every_example_of_docs_api_runs_as_printed(tmp_path: Path) -> None:
         assert len(reader.outputs) >= 10  # the CLI lines ran too
     finally:
         reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_every_example_of_docs_python_runs_as_printed(tmp_path: Path) -> None:
+    """docs/python.md: an app steering jobs from its views, then a script, on one server."""
+    reader = Reader(tmp_path, free_port())
+    try:
+        for language, body in blocks((REPO / "docs" / "python.md").read_text()):
+            if language == "python":
+                reader.python(body)
+            elif language == "sh":
+                reader.shell(body)
+        added, refreshed, paused = (response.json() for response in reader.responses)
+        assert added["id"] == "prices" and added["next_run_time"].endswith("+00:00")
+        assert refreshed["status"] == "running"
+        assert paused == {"paused": True, "note": "supplier maintenance"}
+        report = reader.outputs[-1].splitlines()
+        assert report[0] == "prices paused supplier maintenance"
+        assert report[1].startswith("next: 20")
+        assert report[2] == "runs: 1"  # the refresh above
+    finally:
+        reader.close()
