@@ -374,6 +374,28 @@ class Jobs:
             page = await service.list_runs(job_id, status, limit, offset)
         return [JobRun.from_api(run) for run in page["runs"]]
 
+    async def scheduler(self) -> dict[str, Any]:
+        """The scheduler as ``GET /scheduler`` shows it: ``state`` (``running``,
+        ``paused``, ``stopped``), ``running``, job counts and the live processes."""
+        async with self._service(writes=False) as service:
+            return await service.scheduler_info()
+
+    async def pause_scheduler(self) -> None:
+        """Stop firing every job, in every process, until resumed; runs go on."""
+        async with self._service() as service:
+            await service.pause_scheduler(CODE)
+
+    async def resume_scheduler(self) -> None:
+        """Undo :meth:`pause_scheduler` (and :meth:`stop_scheduler`)."""
+        async with self._service() as service:
+            await service.resume_scheduler(CODE)
+
+    async def stop_scheduler(self) -> None:
+        """Stop firing, in every process, until resumed (state ``stopped``); runs go on
+        and the processes stay up."""
+        async with self._service() as service:
+            await service.shutdown_scheduler(CODE)
+
 
 class SyncJobs:
     """:class:`Jobs` without ``await``: for sync views, ``def`` jobs and scripts."""
@@ -451,6 +473,22 @@ class SyncJobs:
     def runs(self, job_id: str | None = None, **query: Any) -> builtins.list[JobRun]:
         """:meth:`Jobs.runs`."""
         return self._call(lambda jobs: jobs.runs, job_id, **query)
+
+    def scheduler(self) -> dict[str, Any]:
+        """:meth:`Jobs.scheduler`."""
+        return self._call(lambda jobs: jobs.scheduler)
+
+    def pause_scheduler(self) -> None:
+        """:meth:`Jobs.pause_scheduler`."""
+        self._call(lambda jobs: jobs.pause_scheduler)
+
+    def resume_scheduler(self) -> None:
+        """:meth:`Jobs.resume_scheduler`."""
+        self._call(lambda jobs: jobs.resume_scheduler)
+
+    def stop_scheduler(self) -> None:
+        """:meth:`Jobs.stop_scheduler`."""
+        self._call(lambda jobs: jobs.stop_scheduler)
 
 
 async def _awaited(call: Callable[[], Awaitable[T]]) -> T:
