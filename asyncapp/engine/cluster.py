@@ -306,6 +306,6 @@ class ChangeFeed:
 
 def _version() -> str:
     try:
-        return metadata.version("asyncapp")
+        return metadata.version("Flask-AsyncApp")
     except metadata.PackageNotFoundError:
         return "0"

@@ -321,7 +321,7 @@ async def openapi() -> Response:
 
 def _version() -> str:
     try:
-        return metadata.version("asyncapp")
+        return metadata.version("Flask-AsyncApp")
     except metadata.PackageNotFoundError:
         return "0"
 
