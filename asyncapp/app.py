@@ -34,9 +34,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
 
 from asyncapp import logs
 from asyncapp.engine.cluster import CLI
+from asyncapp.errors import DatabaseUnavailable
 from asyncapp.faces.api import init_api
 from asyncapp.faces.cli import init_cli
 from asyncapp.faces.dashboard.views import init_dashboard
@@ -49,6 +52,8 @@ log = logging.getLogger("asyncapp")
 
 #: The modules of the default app's jobs; no other app gets them unless it names them.
 EXAMPLES = "asyncapp.examples"
+#: The table of APScheduler's SQLAlchemyJobStore.
+APSCHEDULER_TABLE = "apscheduler_jobs"
 #: Blueprints that need the runtime: answered 503 with :data:`NOT_SERVED` without one.
 RUNTIME_BLUEPRINTS = ("asyncapp_health", "scheduler", "dashboard")
 NOT_SERVED = (
@@ -126,6 +131,7 @@ class AsyncApp:
         """Start the runtime on the running loop (the ASGI lifespan calls this)."""
         await self.runtime.start()
         self.loop = asyncio.get_running_loop()
+        await _warn_of_apscheduler_store(self.runtime)
 
     async def stop(self) -> None:
         self.loop = None
@@ -201,6 +207,33 @@ def create_app(
         job_modules = [EXAMPLES]
     AsyncApp(app, job_modules=job_modules)
     return app
+
+
+async def _warn_of_apscheduler_store(runtime: Runtime) -> None:
+    """Say so when the database holds jobs of APScheduler's ``SQLAlchemyJobStore``.
+
+    An app moving from Flask-APScheduler or APScheduler often keeps its database
+    URL; those jobs are pickles, which asyncapp never loads (loading one runs code
+    from the database), so they would otherwise be ignored without a word.
+    """
+
+    def count(conn: Connection) -> int:
+        if not inspect(conn).has_table(APSCHEDULER_TABLE):
+            return 0
+        return int(conn.execute(text("SELECT count(*) FROM apscheduler_jobs")).scalar_one())
+
+    try:
+        found = await runtime.db.read(count)
+    except DatabaseUnavailable:
+        return
+    if found:
+        log.warning(
+            "%d jobs of APScheduler's job store (table %s) are in this database and are not "
+            "read: they are pickles. Declare them with @task or add them through the API "
+            "(docs/migrating.md)",
+            found,
+            APSCHEDULER_TABLE,
+        )
 
 
 def _job_modules_set(app: Flask) -> bool:
