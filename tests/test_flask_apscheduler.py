@@ -8,14 +8,26 @@ import line and nothing else (the test checks the diff), and the server runs
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from flask import Flask
 
-from tests.conftest import AUTH, REPO, TOKEN, Server, start_server
+from asyncapp import JobNotFound
+from asyncapp.flask_apscheduler import (
+    STATE_PAUSED,
+    STATE_RUNNING,
+    STATE_STOPPED,
+    APScheduler,
+)
+from tests import jobs as test_jobs
+from tests.conftest import AUTH, REPO, TOKEN, Server, app_config, serve, start_server
 from tests.test_serving import serve_module
 
 pytestmark = pytest.mark.timeout(90)
@@ -247,3 +259,69 @@ def test_keys_that_cannot_apply_stop_startup_with_one_line(tmp_path: Path) -> No
     assert "set ASYNCAPP_DATABASE_URL" in line and "SCHEDULER_EXECUTORS:" in line
     assert "Traceback" not in output
     assert not (tmp_path / "old.db").exists(), "nothing was written to the old store"
+
+
+async def test_flask_apschedulers_calls_steer_jobs_through_the_service(db_url: str) -> None:
+    """The calls a Flask-APScheduler app makes once running, from a thread as a sync view
+    makes them; each is committed, visible to the API and recorded with source 'code'."""
+    test_jobs.reset()
+    app = Flask("dropin_app")
+    app.config.update(app_config(db_url), SCHEDULER_API_ENABLED=True)
+    scheduler = APScheduler(app=app)
+
+    def call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return asyncio.to_thread(method, *args, **kwargs)
+
+    async with serve(app) as client:
+        assert scheduler.running and scheduler.state == STATE_RUNNING
+        added = await call(
+            scheduler.add_job, "dj", test_jobs.record, trigger="interval", hours=1, args=["dj"]
+        )
+        assert added.id == "dj" and added.next_run_time is not None
+        moved = await call(scheduler.reschedule_job, "dj", trigger="cron", hour=4)
+        assert moved.trigger["type"] == "cron" and moved.trigger["hour"] == "4"
+        changed = await call(scheduler.modify_job, "dj", args=["other"])
+        assert changed.args == ("other",)
+        assert (await call(scheduler.pause_job, "dj")).paused
+        assert not (await call(scheduler.resume_job, "dj")).paused
+        await call(scheduler.pause)
+        assert scheduler.state == STATE_PAUSED
+        await call(scheduler.resume)
+        await call(scheduler.shutdown)
+        assert scheduler.state == STATE_STOPPED and not scheduler.running
+        await call(scheduler.start)
+        assert scheduler.state == STATE_RUNNING
+        run = await call(scheduler.run_job, "dj")
+        assert run.job_id == "dj"
+        await test_jobs.wait_fired("other")
+        assert await call(scheduler.get_job, "missing") is None
+        with pytest.raises(JobNotFound):
+            await call(scheduler.remove_job, "missing")
+        assert [job.id for job in await call(scheduler.get_jobs)] == ["dj"]
+        await call(scheduler.remove_all_jobs)
+        assert await call(scheduler.get_jobs) == []
+        history = await client.get("/scheduler/jobs/dj/changes", headers=AUTH)
+    actions = [(c["action"], c["source"]) for c in reversed(history.json()["changes"])]
+    assert actions == [
+        ("add", "code"),
+        ("modify", "code"),
+        ("modify", "code"),
+        ("pause", "code"),
+        ("resume", "code"),
+        ("run", "code"),
+        ("remove", "code"),
+    ]
+
+
+async def test_the_api_is_served_only_when_enabled_as_in_flask_apscheduler(db_url: str) -> None:
+    off, on = Flask("api_off"), Flask("api_on")
+    off.config.update(app_config(db_url))
+    on.config.update(app_config(db_url), SCHEDULER_API_PREFIX="/jobs-api")
+    APScheduler(app=off)
+    enabled = APScheduler()
+    enabled.api_enabled = True  # as its README shows, instead of SCHEDULER_API_ENABLED
+    enabled.init_app(on)
+    async with serve(off) as client:
+        assert (await client.get("/scheduler/jobs", headers=AUTH)).status_code == 404
+    async with serve(on) as client:
+        assert (await client.get("/jobs-api/jobs", headers=AUTH)).json() == []
