@@ -66,7 +66,7 @@ def staggered(jobs: int) -> list[datetime]:
 async def run_asyncapp(directory: Path, jobs: int, seconds: float) -> tuple[list[float], int]:
     settings = load_settings(
         {
-            "ASYNCAPP_DATABASE_URL": f"sqlite:///{directory / 'asyncapp.db'}",
+            "ASYNCAPP_DATABASE_URL": f"sqlite:///{directory / 'asyncapp.store.database'}",
             "ASYNCAPP_JOB_MODULES": "",
         }
     )
