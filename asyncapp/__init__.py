@@ -9,7 +9,8 @@ AsyncIOScheduler on the server loop running ``async def`` jobs::
     async def poll() -> None:
         await http_client().get("https://example.org/")
 
-Serve with ``hypercorn -c hypercorn.toml asyncapp.asgi:app``.
+Steer jobs from code with ``await jobs.add(...)`` (``sync_jobs`` without
+``await``).  Serve with ``hypercorn -c hypercorn.toml asyncapp.asgi:app``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from asyncapp.errors import (
     SettingsError,
     UnknownFunction,
 )
+from asyncapp.faces.python import Job, JobRun, Jobs, SyncJobs, jobs, sync_jobs
 from asyncapp.http import http_client
 from asyncapp.model.tasks import task
 from asyncapp.settings import Settings
@@ -38,18 +40,24 @@ __all__ = [
     "AsyncApp",
     "AsyncAppError",
     "InvalidJob",
+    "Job",
     "JobBusy",
     "JobExists",
     "JobNotFound",
+    "JobRun",
+    "Jobs",
     "KeyReused",
     "NotRunning",
     "RunContext",
     "Settings",
     "SettingsError",
+    "SyncJobs",
     "UnknownFunction",
     "__version__",
     "create_app",
     "current_run",
     "http_client",
+    "jobs",
+    "sync_jobs",
     "task",
 ]

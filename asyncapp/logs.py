@@ -2,8 +2,8 @@
 
 :class:`RunFilter` adds the run being executed (from :func:`current_run`'s
 context variable) to every log record made inside it, whoever logs: asyncapp,
-the job's own ``logging.getLogger(__name__)``, httpx.  The default text
-format appends them::
+the job's own ``logging.getLogger(__name__)``, httpx (see :func:`configure`
+for who writes which lines).  The default text format appends them::
 
     2026-11-26 10:21:05,320 INFO myjobs: fetched 12 rows [job=poll run=9f0c3a...
     scheduled=2026-11-26T10:21:05+00:00 node=web-1:4242]     (one line)
@@ -129,30 +129,65 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str).translate(_JSON_ESCAPES)
 
 
+class FallbackHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """asyncapp's handler on the ``asyncapp`` logger: writes a line only when no
+    handler of the application will.
+
+    Decided per line, not once at startup, so an app that configures logging
+    after attaching asyncapp (``logging.basicConfig()`` below ``AsyncApp(app)``)
+    gets each line once, from its own handlers, and not a second time from here.
+    Each line also hands the run tags to the root logger's handlers, however
+    late they were added.
+    """
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        root = logging.getLogger()
+        if root.handlers:
+            _tag_handlers(root.handlers)
+            if logging.getLogger("asyncapp").propagate:
+                return False
+        return super().handle(record)
+
+
 def configure(level: str, style: str) -> None:
     """Write asyncapp's lines (``asyncapp.*`` loggers, and ``current_run().logger``) with
-    run tags, in ``style`` (``text`` or ``json``).
+    run tags, in ``style`` (``text`` or ``json``), unless the application writes them.
 
-    asyncapp's handler sits on the ``asyncapp`` logger, not the root, so an
-    application's own ``logging.basicConfig`` keeps working; the tags are also
-    added to the root logger's handlers, when it has any, so job code logging
-    through its own loggers gets them too.
+    - While the root logger has no handler, asyncapp's :class:`FallbackHandler`
+      on the ``asyncapp`` logger writes asyncapp's lines, tagged, in
+      :class:`TextFormatter` or :class:`JsonFormatter` form.  The job's own
+      loggers then have no handler (Python prints only their warnings, bare).
+    - Once the application configures the root logger (``basicConfig``,
+      ``dictConfig``), before or after attaching asyncapp, its handlers alone
+      write asyncapp's lines, in its format: each line appears once.  Those
+      handlers get :class:`RunFilter` (at the latest with asyncapp's next line,
+      e.g. ``asyncapp started``), so every record made inside a run, by any
+      logger (asyncapp's, the job's own ``logging.getLogger(__name__)``,
+      httpx), carries ``job_id``, ``run_id``, ``scheduled_for`` and ``node``;
+      to show them, give those handlers ``TextFormatter()`` or ``JsonFormatter()``.
+    - The handler is on ``asyncapp``, not the root, so the application's own
+      ``logging.basicConfig`` keeps working (it does nothing once the root has
+      a handler).
     """
-    run_filter = RunFilter()
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RunFilter) for f in handler.filters):
-            handler.addFilter(run_filter)
+    root = logging.getLogger()
+    _tag_handlers(root.handlers)
     logger = logging.getLogger("asyncapp")
     logger.setLevel(level)
-    if logging.getLogger().handlers:
-        return
     formatter = JsonFormatter() if style == "json" else TextFormatter()
     for handler in logger.handlers:
-        if getattr(handler, "asyncapp", False):
+        if isinstance(handler, FallbackHandler):
             handler.setFormatter(formatter)
             return
-    handler = logging.StreamHandler()
-    handler.asyncapp = True  # type: ignore[attr-defined]
+    handler = FallbackHandler()
     handler.setFormatter(formatter)
-    handler.addFilter(run_filter)
+    handler.addFilter(_run_filter)
     logger.addHandler(handler)
+
+
+_run_filter = RunFilter()
+
+
+def _tag_handlers(handlers: list[logging.Handler]) -> None:
+    for handler in handlers:
+        if not any(isinstance(f, RunFilter) for f in handler.filters):
+            handler.addFilter(_run_filter)

@@ -53,8 +53,11 @@ class Settings(BaseSettings):
         default=None, description="Bearer token required by the management API."
     )
     job_modules: CommaList = Field(
-        default=["asyncapp.examples"],
-        description="Comma-separated modules imported at startup to register @task functions.",
+        default=[],
+        description="Comma-separated modules imported at startup to register @task functions; "
+        "their @task(trigger) jobs are scheduled. Unset, the extension picks them: "
+        "asyncapp.examples for the default app (create_app()), the Flask app's own "
+        "package for AsyncApp(app).",
     )
     timezone: str = Field(default="UTC", description="Scheduler time zone (IANA name).")
     api_prefix: str = Field(default="/scheduler", description="URL prefix of the management API.")

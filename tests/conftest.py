@@ -251,7 +251,9 @@ def start_server(
     port: int | None = None,
     workers: int = 0,
     cwd: Path = REPO,
+    python: str = sys.executable,
 ) -> Server:
+    """Start Hypercorn (of ``python``'s environment) serving ``app`` from ``cwd``."""
     port = port or free_port()
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ASYNCAPP_")},
@@ -261,7 +263,7 @@ def start_server(
     }
     process = subprocess.Popen(
         [
-            sys.executable,
+            python,
             "-m",
             "hypercorn",
             "-c",

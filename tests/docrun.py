@@ -5,8 +5,11 @@ become files; its ``sh`` blocks run line by line (a line ending in ``\\`` or
 with an open quote continues on the next):
 
 - ``export NAME=value`` and ``NAME=value`` set the environment;
-- ``.venv/bin/hypercorn ...`` starts a real server (stopping the one before);
-- ``.venv/bin/<tool> ...`` runs this interpreter's ``-m <tool>`` and must exit 0;
+- ``.venv/bin/hypercorn ...`` starts a real server; one still running on the port
+  fails the run, as it would fail the reader's command (``Address already in use``);
+- a comment line saying ``Ctrl-C`` stops the running server, as the reader would;
+- ``.venv/bin/<tool> ...`` runs this interpreter's ``-m <tool>`` (``.venv/bin/python``:
+  the interpreter itself) and must exit 0;
 - ``curl ...`` becomes the same HTTP request, which must answer below 400.
 
 Only the port is adapted (a free one instead of 8000, in commands and files).
@@ -27,6 +30,8 @@ import httpx
 
 from tests.conftest import REPO, Server, start_server
 
+#: What :func:`commands` gives for a comment telling the reader to stop the server.
+STOP = "<stop the running server>"
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
 ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*")
 
@@ -41,6 +46,9 @@ def commands(body: str) -> list[str]:
     found: list[str] = []
     pending = ""
     for line in body.splitlines():
+        if not pending and line.lstrip().startswith("#") and "Ctrl-C" in line:
+            found.append(STOP)
+            continue
         if not pending and (not line.strip() or line.lstrip().startswith("#")):
             continue
         pending = f"{pending}\n{line}" if pending else line
@@ -85,6 +93,11 @@ class Reader:
             self.run(command)
 
     def run(self, command: str) -> None:
+        if command == STOP:
+            assert self.server is not None, "told to stop a server, but none runs"
+            assert self.server.stop() == 0
+            self.server = None
+            return
         words = shlex.split(self.adapt(command), comments=True)
         assignments: dict[str, str] = {}
         while words and ASSIGNMENT.fullmatch(words[0]):
@@ -111,8 +124,11 @@ class Reader:
         return re.sub(r"\$(\w+)", lambda m: self.env.get(m.group(1), m.group(0)), text)
 
     def start(self, app: str, assignments: dict[str, str]) -> None:
-        if self.server is not None:
-            assert self.server.stop() == 0
+        if self.server is not None and self.server.process.poll() is None:
+            raise AssertionError(
+                f"a server already runs on port 8000 ({self.server.url}) and the document "
+                "does not say to stop it: this command would fail with Address already in use"
+            )
         env = {**self.env, **assignments, "PYTHONPATH": f"{self.workdir}{os.pathsep}{REPO}"}
         self.server = start_server(env, app=app, port=self.port, cwd=self.workdir)
         self.server.wait_for("Running on http://")
@@ -121,8 +137,9 @@ class Reader:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCAPP_")}
         env.update(self.env)
         env.update(assignments)
+        module = [] if tool == "python" else ["-m", tool]
         done = subprocess.run(
-            [sys.executable, "-m", tool, *args],
+            [sys.executable, *module, *args],
             cwd=self.workdir,
             env=env,
             capture_output=True,

@@ -3,9 +3,11 @@ through ``to_asgi``, keeps the app's routes and adds the probes, the API and the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
+import sqlalchemy
 from flask import Flask, current_app
 
 from asyncapp import AsyncApp
@@ -61,3 +63,25 @@ async def test_an_app_of_your_own_keeps_its_routes_and_gets_the_api(
         assert (await client.get("/scheduler/jobs", headers=AUTH)).status_code == 200
     assert entry["app"] == "own_app", "the job ran in the app context of the app of your own"
     assert not ext.runtime.started
+
+
+async def test_jobs_left_in_an_apscheduler_store_are_named_at_startup(
+    db_url: str, make_app: Callable[[], Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app keeping its old database URL is told its pickled jobs are not read."""
+    engine = sqlalchemy.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text(
+                "CREATE TABLE apscheduler_jobs "
+                "(id VARCHAR(191) PRIMARY KEY, next_run_time FLOAT, job_state BLOB NOT NULL)"
+            )
+        )
+        conn.execute(sqlalchemy.text("INSERT INTO apscheduler_jobs VALUES ('old', 1.0, x'80')"))
+    engine.dispose()
+    caplog.set_level(logging.WARNING, logger="asyncapp")
+    async with serve(make_app()):
+        pass
+    [warning] = [r.getMessage() for r in caplog.records if "apscheduler_jobs" in r.getMessage()]
+    assert warning.startswith("1 jobs of APScheduler's job store (table apscheduler_jobs)")
+    assert "docs/migrating.md" in warning

@@ -3,6 +3,8 @@ every example of docs/api.md runs as printed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,79 @@ def test_the_version_is_written_once_and_the_changelog_releases_it() -> None:
     # Versions the docs show are this one.
     shown = re.findall(r'"version": "(\d+\.\d+\.\d+)"', (REPO / "docs" / "api.md").read_text())
     assert shown and set(shown) == {VERSION}
+
+
+@pytest.mark.timeout(120)
+def test_every_example_of_docs_python_runs_as_printed(tmp_path: Path) -> None:
+    """docs/python.md: an app steering jobs from its views, then a script, on one server."""
+    reader = Reader(tmp_path, free_port())
+    try:
+        for language, body in blocks((REPO / "docs" / "python.md").read_text()):
+            if language == "python":
+                reader.python(body)
+            elif language == "sh":
+                reader.shell(body)
+        added, refreshed, paused = (response.json() for response in reader.responses)
+        assert added["id"] == "prices" and added["next_run_time"].endswith("+00:00")
+        assert refreshed["status"] == "running"
+        assert paused == {"paused": True, "note": "supplier maintenance"}
+        report = reader.outputs[-1].splitlines()
+        assert report[0] == "prices paused supplier maintenance"
+        assert report[1].startswith("next: 20")
+        assert report[2] == "runs: 1"  # the refresh above
+    finally:
+        reader.close()
+
+
+@pytest.mark.timeout(180)
+def test_every_example_of_docs_migrating_runs_as_printed(tmp_path: Path) -> None:
+    """docs/migrating.md: each "after" served by a real Hypercorn with its API calls; the
+    Flask-APScheduler "before" differs from its "after" by the import alone; the bare
+    APScheduler "before" runs (its scheduler starts with the job)."""
+    text = (REPO / "docs" / "migrating.md").read_text()
+    python = [body for language, body in blocks(text) if language == "python"]
+    before = next(body for body in python if body.startswith("# Before, with Flask-APScheduler"))
+    after = next(body for body in python if body.startswith("# report_app.py"))
+    changed = [
+        (old, new)
+        for old, new in zip(before.splitlines()[1:], after.splitlines()[1:], strict=True)
+        if old != new
+    ]
+    assert changed == [
+        (
+            "from flask_apscheduler import APScheduler",
+            "from asyncapp.flask_apscheduler import APScheduler",
+        )
+    ]
+    reader = Reader(tmp_path, free_port())
+    try:
+        for language, body in blocks(text):
+            if language == "python":
+                reader.python(body)
+            elif language == "sh":
+                reader.shell(body)
+        paths = [response.request.url.path for response in reader.responses]
+        by_path = dict(zip(paths, reader.responses, strict=True))
+        listed = by_path["/scheduler/jobs"].json()
+        assert sorted(job["id"] for job in listed) == ["nightly", "refresh"]
+        assert by_path["/scheduler/jobs/nightly/pause"].json()["note"] == "month end"
+        assert by_path["/scheduler/jobs/check_upstream/run"].json()["run"]["status"] == "running"
+        assert by_path["/scheduler/jobs/sync-orders/run"].json()["run"]["job_id"] == "sync-orders"
+        digest = by_path["/scheduler/jobs/daily-digest/upcoming"].json()["times"]
+        assert all(moment[11:19] == "07:00:00" for moment in digest)
+    finally:
+        reader.close()
+    ran = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import before_monitor as m; print([j.id for j in m.scheduler.get_jobs()]); "
+            "m.scheduler.shutdown(wait=False)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "['check_upstream']"

@@ -20,9 +20,18 @@ def tour() -> str:
     return text[text.index("## A short tour") : text.index("### Configure the database")]
 
 
+def first_server_command() -> str:
+    """The server the README's first command leaves running (after its venv and install)."""
+    readme = (REPO / "README.md").read_text()
+    first = next(line for line in readme.splitlines() if line.startswith("    python3 -m venv"))
+    return first.rsplit("&& ", 1)[1]
+
+
 def test_the_tour_runs_as_printed(tmp_path: Path) -> None:
     reader = Reader(tmp_path, free_port())
     try:
+        reader.run(first_server_command())
+        reader.run(f"curl http://127.0.0.1:{reader.port}/healthz")
         for language, body in blocks(tour()):
             if language == "python":
                 reader.python(body)
