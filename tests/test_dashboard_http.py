@@ -250,6 +250,23 @@ async def test_login_attempts_are_limited_per_address(make_app: Callable[..., Fl
         assert (await client.post("/dashboard/login", data={"token": TOKEN})).status_code == 303
 
 
+async def test_the_sixth_correct_login_in_a_minute_succeeds(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app()
+    app.extensions["asyncapp_dashboard"].logins.clock = lambda: 1000.0  # one instant
+    async with serve(app) as client:
+        for _ in range(LOGIN_ATTEMPTS + 1):
+            client.cookies.clear()
+            response = await client.post("/dashboard/login", data={"token": TOKEN})
+            assert response.status_code == 303, response.text
+        # Failures still count, and a correct login in between does not reset them.
+        for _ in range(LOGIN_ATTEMPTS):
+            assert (await client.post("/dashboard/login", data={"token": "x"})).status_code == 401
+        client.cookies.clear()
+        assert (await client.post("/dashboard/login", data={"token": TOKEN})).status_code == 429
+
+
 # -- CSRF and actions ----------------------------------------------------------------
 
 
@@ -387,7 +404,14 @@ async def test_live_regions_come_as_json_with_hashes(client: httpx.AsyncClient) 
     await log_in(client)
     page = (await client.get("/dashboard/jobs/poll")).text
     live = (await client.get("/dashboard/jobs/poll?live=1")).json()["regions"]
-    assert set(live) == {"job-state", "job-actions", "job-upcoming", "job-runs", "job-changes"}
+    assert set(live) == {
+        "scheduler-banner",
+        "job-state",
+        "job-actions",
+        "job-upcoming",
+        "job-runs",
+        "job-changes",
+    }
     for region, part in live.items():
         assert f'id="{region}" class="live" data-live-hash="{part["hash"]}"' in page
         assert part["html"] in page

@@ -44,7 +44,9 @@ from asyncapp.faces.host import Host, status_of
 from asyncapp.faces.humanize import (
     describe_trigger,
     format_duration,
+    format_moment,
     format_utc,
+    one_line,
     run_duration,
     start_lateness,
     trigger_spec,
@@ -186,6 +188,8 @@ def helpers() -> dict[str, Any]:
         "run_duration": lambda run: format_duration(run_duration(run)),
         "lateness": lambda run: format_duration(start_lateness(run)),
         "utc": format_utc,
+        "in_zone": format_moment,
+        "one_line": one_line,
         "iso_epoch": lambda seconds: datetime.fromtimestamp(seconds, UTC).isoformat(),
         "spec": trigger_spec,
         "inf": math.inf,
@@ -233,14 +237,21 @@ def render(
     return current_app.response_class(html, status=status, mimetype="text/html")
 
 
-async def page(template: str, **options: Any) -> Response:
-    """:func:`render` for an async view; the templates are compiled off the loop the first time."""
+async def page(template: str, *, regions: Mapping[str, str], **context: Any) -> Response:
+    """:func:`render` for an async view, with the scheduler banner as a live region of
+    every page; the templates are compiled off the loop the first time."""
     dashboard = state()
     if not dashboard.compiled:
         # The thread runs in a copy of this context, so current_app is this app there too.
         await asyncio.to_thread(warm_templates, current_app)
         dashboard.compiled = True
-    return render(template, **options)
+    status = await service().scheduler_status()
+    return render(
+        template,
+        regions={"scheduler-banner": "_scheduler_banner.html", **regions},
+        scheduler=status,
+        **context,
+    )
 
 
 def warm_templates(app: Flask) -> None:
