@@ -149,11 +149,9 @@ class JobStore:
         if state == "broken":
             return jobs_table.c.func.not_in(registered)
         if state == "running":
-            return (
-                select(runs_table.c.id)
-                .where(runs_table.c.job_id == jobs_table.c.id, runs_table.c.status == RUNNING)
-                .exists()
-            )
+            # Uncorrelated: read once through the status index, whatever the histories.
+            running = select(runs_table.c.job_id).where(runs_table.c.status == RUNNING)
+            return jobs_table.c.id.in_(running)
         return _latest_run(runs_table.c.status).in_(FAILING_STATUSES)
 
     def _order(
