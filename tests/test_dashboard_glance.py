@@ -444,3 +444,16 @@ def contrast(first: str, second: str) -> float:
 
     high, low = sorted([luminance(first), luminance(second)], reverse=True)
     return (high + 0.05) / (low + 0.05)
+
+
+def test_the_sixth_correct_login_in_a_minute_succeeds(browser: Browser, server: Server) -> None:
+    page = new_page(browser, DESKTOP)
+    try:
+        for _ in range(6):  # one more than the failures allowed a minute
+            with page.expect_response(lambda r: r.request.method == "POST") as answer:
+                log_in(page, server)
+            assert answer.value.status == 303
+            page.get_by_role("button", name="Log out").click()
+            expect(page.get_by_text("You are logged out.")).to_be_visible()
+    finally:
+        page.context.close()
