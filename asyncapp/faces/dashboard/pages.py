@@ -6,7 +6,8 @@
   or a POST without the session's CSRF token, and the view never runs;
 - :func:`render`: a page, or with ``?live=1`` only its live regions as JSON
   (``{"regions": {id: {"html", "hash"}}}``), rendered by the same templates,
-  so the script can swap in exactly the parts whose hash changed;
+  so the script can swap in exactly the parts whose hash changed; :func:`page`
+  adds the scheduler banner (paused: by whom, since when) to every page's;
 - answers: :func:`done` for actions (JSON for the script, else a redirect
   with a message), :func:`message` pages, and the error handlers, which turn
   our exceptions into the API's status codes with a readable message;

@@ -4,17 +4,22 @@ Pages, server-rendered with Jinja (templates in ``asyncapp/templates/dashboard``
 CSS and one small script in ``asyncapp/static``, served by the package; nothing
 is built, nothing comes from another site):
 
-- ``/dashboard/``: the jobs, paged and filtered in the database;
-- ``/dashboard/jobs/<id>``: a job's settings, next fire times, recent runs
-  with a chart of their durations and start lateness, and its change history;
-- ``/dashboard/runs``: runs of every job, by status and time window;
+- ``/dashboard/``: counts of jobs per state (each a filter), then the jobs,
+  paged, filtered, counted and sorted in the database;
+- ``/dashboard/jobs/<id>``: a job's state, recent runs with a chart of their
+  durations and start lateness, next fire times (none for a broken job),
+  settings and change history;
+- ``/dashboard/runs``: runs of every job, by status, time window and part of
+  the job id;
 - ``/dashboard/processes``: the live processes and the scheduler's state.
 
-Each page marks parts of itself as live regions; the script asks the same URL
-with ``?live=1`` every two seconds and gets those parts as
-JSON (``{"regions": {id: {"html", "hash"}}}``), rendered by the same templates,
-and swaps in those whose hash changed.  Actions (pause with a note, resume,
-run now, delete after a confirmation page, scheduler pause and resume) are
+Every page carries a banner while the scheduler is paused.  Each page marks
+parts of itself as live regions; the script asks the same URL with ``?live=1``
+every two seconds and gets those parts as JSON (``{"regions": {id: {"html",
+"hash"}}}``), rendered by the same templates, and swaps in those whose hash
+changed, keeping scroll, focus, open sections and the rows under the pointer.
+Actions (pause with a note, resume, run now, delete after a confirmation
+page, scheduler pause after one and resume) are
 POST forms that work without the script; with it, the job page sends them
 without leaving the page.  Every action goes through :class:`JobService` as
 ``Actor("dashboard", <client address>)``, so the change history says
