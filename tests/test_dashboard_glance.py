@@ -305,10 +305,13 @@ def test_the_paused_scheduler_banner_appears_and_clears(
     assert api.get("/scheduler").json()["state"] == "paused"
     page.goto(server.url + "/dashboard/")
     expect(banner).to_be_visible()
+    held = page.locator("tr[data-job='poll'] .next .held")
+    expect(held).to_have_text("held: scheduler paused")  # its next run will not happen
     shot(page, "jobs-scheduler-paused", width)
 
     assert api.post("/scheduler/resume").status_code == 204
     expect(banner).to_have_count(0)  # cleared by the live refresh, no reload
+    expect(held).to_have_count(0)
 
 
 def test_a_broken_job_shows_no_next_times_and_says_what_to_do(
