@@ -55,12 +55,21 @@ MISSED_REASONS: Final[dict[str, str]] = {
 WAITING: Final = "waiting"
 
 #: Which jobs a listing shows: by their state, or by how their last run ended.
-JobFilter = Literal["scheduled", "paused", "broken", "failing"]
+JobFilter = Literal["scheduled", "running", "paused", "failing", "broken"]
 JOB_FILTERS: Final[dict[str, str]] = {
     "scheduled": "scheduled (not paused, not broken)",
+    "running": "running (a run in progress)",
     "paused": "paused",
-    "broken": "broken (function not registered)",
     "failing": "failing (last run error or timeout)",
+    "broken": "broken (function not registered)",
+}
+#: How a listing of jobs may be ordered.
+JobSort = Literal["id", "next", "last", "state"]
+JOB_SORTS: Final[dict[str, str]] = {
+    "next": "next run",
+    "last": "last run",
+    "state": "state",
+    "id": "id",
 }
 FAILING_STATUSES: Final = (ERROR, TIMEOUT)
 

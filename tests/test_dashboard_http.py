@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from flask import Flask
+from sqlalchemy import insert as sa_insert
 
 import asyncapp.store.jobs
 from asyncapp.app import extension
 from asyncapp.faces.dashboard.security import HEADERS, LOGIN_ATTEMPTS, SESSION_COOKIE
+from asyncapp.model.run import Run
+from asyncapp.store.tables import runs_table
 from tests.conftest import AUTH, TOKEN, serve
 
 pytestmark = pytest.mark.timeout(60)
@@ -279,6 +284,23 @@ async def test_login_attempts_are_limited_per_address(make_app: Callable[..., Fl
         assert (await client.post("/dashboard/login", data={"token": TOKEN})).status_code == 303
 
 
+async def test_the_sixth_correct_login_in_a_minute_succeeds(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app()
+    app.extensions["asyncapp_dashboard"].logins.clock = lambda: 1000.0  # one instant
+    async with serve(app) as client:
+        for _ in range(LOGIN_ATTEMPTS + 1):
+            client.cookies.clear()
+            response = await client.post("/dashboard/login", data={"token": TOKEN})
+            assert response.status_code == 303, response.text
+        # Failures still count, and a correct login in between does not reset them.
+        for _ in range(LOGIN_ATTEMPTS):
+            assert (await client.post("/dashboard/login", data={"token": "x"})).status_code == 401
+        client.cookies.clear()
+        assert (await client.post("/dashboard/login", data={"token": TOKEN})).status_code == 429
+
+
 # -- CSRF and actions ----------------------------------------------------------------
 
 
@@ -416,7 +438,14 @@ async def test_live_regions_come_as_json_with_hashes(client: httpx.AsyncClient) 
     await log_in(client)
     page = (await client.get("/dashboard/jobs/poll")).text
     live = (await client.get("/dashboard/jobs/poll?live=1")).json()["regions"]
-    assert set(live) == {"job-state", "job-actions", "job-upcoming", "job-runs", "job-changes"}
+    assert set(live) == {
+        "scheduler-banner",
+        "job-state",
+        "job-actions",
+        "job-upcoming",
+        "job-runs",
+        "job-changes",
+    }
     for region, part in live.items():
         assert f'id="{region}" class="live" data-live-hash="{part["hash"]}"' in page
         assert part["html"] in page
@@ -449,6 +478,24 @@ async def test_runs_page_filters_by_status_and_window(client: httpx.AsyncClient)
     assert "ValueError" in page and "it broke" in page
     assert 'href="/dashboard/jobs/bad"' in page and 'href="/dashboard/jobs/ok"' not in page
     assert "No runs match." in (await client.get("/dashboard/runs?status=timeout")).text
+
+
+async def test_runs_page_finds_jobs_by_part_of_their_id_and_marks_run_now(
+    client: httpx.AsyncClient,
+) -> None:
+    await add(client, "order_webhook", jitter=1)
+    await add(client, "health")
+    for job_id in ("order_webhook", "health"):
+        await client.post(f"/scheduler/jobs/{job_id}/run", headers=AUTH)
+    await wait_run(client, "order_webhook", "success")
+    await wait_run(client, "health", "success")
+    await log_in(client)
+    page = (await client.get("/dashboard/runs?job=WEBHOOK")).text
+    assert 'href="/dashboard/jobs/order_webhook"' in page
+    assert 'href="/dashboard/jobs/health"' not in page
+    job_page = (await client.get("/dashboard/jobs/order_webhook")).text
+    assert '<span class="tag manual">run now</span>' in job_page  # started by hand
+    assert "incl. up to 1.00 s of jitter" in job_page  # its lateness includes the jitter
 
 
 async def test_processes_page_names_the_process_that_answered(
@@ -504,3 +551,97 @@ async def test_10000_jobs_are_paged_in_the_database(
             assert (f"of {total}" if total else "No jobs match.") in response.text
             assert len(loaded) == rows, query  # only the page's rows were read
             assert took < 2.0, (query, took)  # 10,000 rendered rows would take seconds
+
+
+@pytest.mark.timeout(240)
+async def test_10000_jobs_sort_and_page_in_the_database_each_page_under_300_ms(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app()
+    async with serve(app) as client:
+        service = extension(app).service()
+        spec = {"func": RECORD, "kwargs": {"tag": "x"}, "trigger": {"type": "interval", "hours": 1}}
+        made = [service.new_job({**spec, "id": f"job-{n:05d}"}) for n in range(10_000)]
+        # Every 4th job ran (at n seconds past T0), every 20th failed; every 7th is
+        # paused; every 1000th (+1) has lost its function.
+        t0 = datetime(2026, 12, 1, tzinfo=UTC)
+        paused = {n for n in range(10_000) if n % 7 == 0}
+        broken = {n for n in range(10_000) if n % 1000 == 1}
+        ran = {n: ("error" if n % 20 == 0 else "success") for n in range(0, 10_000, 4)}
+
+        def insert(conn: Any) -> None:
+            for n, job in enumerate(made):
+                job = job.changed(next_run_time=None) if n in paused else job
+                if n in broken:
+                    job = job.changed(func="old:gone")
+                service.store.insert(conn, job, time.time())
+            conn.execute(
+                sa_insert(runs_table),
+                [
+                    Run(
+                        job_id=f"job-{n:05d}",
+                        scheduled_for=t0 + timedelta(seconds=n),
+                        node="n",
+                        status=status,
+                        started_at=t0,
+                        ended_at=t0,
+                    ).row()
+                    for n, status in ran.items()
+                ],
+            )
+
+        await service.db.write(insert)
+        await log_in(client)
+        await client.get("/dashboard/")  # the first page compiles the templates
+
+        def nxt(n: int) -> float:
+            moment = made[n].next_run_time
+            return math.inf if n in paused or moment is None else moment.timestamp()
+
+        def rank(n: int) -> int:
+            if n in broken:
+                return 0
+            if ran.get(n) == "error":
+                return 1
+            return 3 if n in paused else 4
+
+        orders: dict[str, Callable[[int], Any]] = {
+            "id": lambda n: n,
+            "next": lambda n: (nxt(n), n),
+            "last": lambda n: (n not in ran, -n if n in ran else 0, n),
+            "state": lambda n: (rank(n), nxt(n), n),
+        }
+        reversed_orders: dict[str, Callable[[int], Any]] = {
+            "id": lambda n: -n,
+            "next": lambda n: (n in paused, -nxt(n) if n not in paused else 0, -n),
+            "last": lambda n: (n not in ran, n if n in ran else 0, -n),
+            "state": lambda n: (-rank(n), nxt(n), -n),
+        }
+        timings = {}
+        for sort in orders:
+            for reverse, keys in (("", orders), ("&dir=desc", reversed_orders)):
+                expected = sorted(range(10_000), key=keys[sort])
+                for number in (1, 2, 137, 200):
+                    query = f"?sort={sort}{reverse}&page={number}"
+                    began = time.perf_counter()
+                    response = await client.get(f"/dashboard/{query}")
+                    timings[query] = took = time.perf_counter() - began
+                    assert response.status_code == 200, query
+                    ids = re.findall(r'<tr data-job="([^"]+)">', response.text)
+                    page = expected[(number - 1) * 50 : number * 50]
+                    assert ids == [f"job-{n:05d}" for n in page], query
+                    assert took < 0.3, (query, took)
+        print("slowest pages:", sorted(timings.items(), key=lambda item: -item[1])[:3])
+
+        # Counts per state, and a page past the end goes to the last one.
+        page = (await client.get("/dashboard/")).text
+        for state, count in [("all", 10_000), ("paused", len(paused)),
+                             ("broken", len(broken)), ("failing", 500)]:  # fmt: skip
+            assert re.search(rf'data-state="{state}"[^>]*>.*?<span class="n">{count}</span>', page)
+        beyond = await client.get("/dashboard/?sort=last&page=999")
+        assert beyond.status_code == 303
+        assert beyond.headers["location"] == "/dashboard/?sort=last&page=200"
+        numbers = re.findall(
+            r'aria-label="Page (\d+)"', (await client.get(beyond.headers["location"])).text
+        )
+        assert numbers == ["1", "198", "199"]  # the first, and two before this one

@@ -123,6 +123,17 @@ def format_utc(value: str | None) -> str:
     return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def one_line(text: str | None, limit: int = 120) -> str:
+    """The first line of ``text``, cut to ``limit`` characters with an ellipsis; ``""`` for None."""
+    if not text:
+        return ""
+    lines = text.strip().splitlines()
+    first = lines[0] if lines else ""
+    if len(first) > limit:
+        return first[: limit - 1].rstrip() + "…"
+    return first + (" …" if len(lines) > 1 else "")
+
+
 def run_duration(run: Mapping[str, Any]) -> float | None:
     """Seconds a run (a run history entry) took; None if it did not start or has not ended."""
     return _seconds_between(run.get("started_at"), run.get("ended_at"))

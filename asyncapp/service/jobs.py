@@ -32,8 +32,10 @@ from asyncapp.constants import (
     ADD,
     ALLOW,
     DEFAULT_UPCOMING,
+    FAILING_STATUSES,
     JOB_FILTERS,
     JOB_OPTIONS,
+    JOB_SORTS,
     MAX_UPCOMING,
     MODIFY,
     PAUSE,
@@ -46,6 +48,7 @@ from asyncapp.constants import (
     SCHEDULER_STOPPED,
     SKIP,
     JobFilter,
+    JobSort,
     SchedulerState,
 )
 from asyncapp.errors import InvalidJob, JobExists, JobNotFound, KeyReused, NotRunning
@@ -65,7 +68,7 @@ from asyncapp.store import requests
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import JobStore
 from asyncapp.store.processes import Process, read_live
-from asyncapp.store.runs import get_run, latest_runs, select_attempts, select_runs
+from asyncapp.store.runs import failing_since, get_run, latest_runs, select_attempts, select_runs
 
 #: Where ``POST /scheduler/jobs`` keeps the answers to its idempotency keys.
 ADD_SCOPE = "add_job"
@@ -238,20 +241,27 @@ class JobService:
         state: JobFilter | None = None,
         limit: int = 50,
         offset: int = 0,
+        sort: JobSort = "next",
+        descending: bool = False,
     ) -> dict[str, Any]:
-        """One page of :meth:`list_jobs`, paged and filtered in the database.
+        """One page of :meth:`list_jobs`, paged, filtered and ordered in the database.
 
         ``{"jobs": [...], "total": N, "limit": ..., "offset": ...}``; each job is
         the API's job JSON plus ``last_run`` (the run or missed record with the
-        latest scheduled time, or None).  ``search`` matches part of the id,
-        ignoring case; ``state`` is one of :data:`~asyncapp.constants.JOB_FILTERS`.
-        Only the page's rows are read, so 10,000 jobs cost what 50 do.
+        latest scheduled time, or None) and ``failing_since`` (ISO 8601: the
+        scheduled time of the first failure after the latest success, for a job
+        whose last run failed; else None).  ``search`` matches part of the id,
+        ignoring case; ``state`` is one of :data:`~asyncapp.constants.JOB_FILTERS`;
+        ``sort`` one of :data:`~asyncapp.constants.JOB_SORTS`.  Only the page's
+        rows are read, so 10,000 jobs cost what 50 do.
 
-        :raises InvalidJob: for a bad state, limit or offset.
+        :raises InvalidJob: for a bad state, sort, limit or offset.
         """
         errors = []
         if state is not None and state not in JOB_FILTERS:
             errors.append({"field": "state", "message": f"must be one of {', '.join(JOB_FILTERS)}"})
+        if sort not in JOB_SORTS:
+            errors.append({"field": "sort", "message": f"must be one of {', '.join(JOB_SORTS)}"})
         if not 1 <= limit <= 1000:
             errors.append({"field": "limit", "message": "must be between 1 and 1000"})
         if offset < 0:
@@ -260,7 +270,7 @@ class JobService:
             raise InvalidJob(errors)
         registered = self.tasks.refs()
 
-        def read(conn: Connection) -> tuple[list[JobDef], int, dict[str, Run]]:
+        def read(conn: Connection) -> tuple[list[JobDef], int, dict[str, Run], dict[str, datetime]]:
             jobs, total = self.store.page(
                 conn,
                 search=search,
@@ -268,15 +278,46 @@ class JobService:
                 registered=registered,
                 limit=limit,
                 offset=offset,
+                sort=sort,
+                descending=descending,
             )
-            return jobs, total, latest_runs(conn, [job.id for job in jobs])
+            last = latest_runs(conn, [job.id for job in jobs])
+            failing = [job_id for job_id, run in last.items() if run.status in FAILING_STATUSES]
+            return jobs, total, last, failing_since(conn, failing)
 
-        jobs, total, last = await self.db.read(read)
+        jobs, total, last, since = await self.db.read(read)
         items = [
-            {**self._to_api(job), "last_run": last[job.id].to_dict() if job.id in last else None}
+            {
+                **self._to_api(job),
+                "last_run": last[job.id].to_dict() if job.id in last else None,
+                "failing_since": since[job.id].isoformat() if job.id in since else None,
+            }
             for job in jobs
         ]
         return {"jobs": items, "total": total, "limit": limit, "offset": offset}
+
+    async def job_counts(self) -> dict[str, int]:
+        """How many jobs each state filter of :meth:`job_page` keeps, and ``all``
+        (a job may count in several: paused and failing)."""
+        registered = self.tasks.refs()
+        return await self.db.read(lambda conn: self.store.counts(conn, registered))
+
+    async def scheduler_status(self) -> dict[str, Any]:
+        """``{"state": ..., "change": ...}``: the stored scheduler-wide state and its
+        latest change as the change history shows it (who paused or resumed it, and
+        when; None if it never changed)."""
+
+        def read(conn: Connection) -> tuple[str, Any]:
+            return self.store.scheduler_state(conn), self.store.scheduler_change(conn)
+
+        state, change = await self.db.read(read)
+        return {"state": state, "change": None if change is None else change.to_dict()}
+
+    async def manual_runs(self, job_id: str, limit: int = 200) -> set[str]:
+        """Ids of the runs of ``job_id`` started outside its schedule ("run now"), among
+        its latest ``limit`` changes."""
+        changes, _ = await self.db.read(lambda conn: self.store.history(conn, job_id, limit, 0))
+        return {str(change.detail.get("run")) for change in changes if change.action == RUN_NOW}
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         """:raises JobNotFound:"""
@@ -572,10 +613,12 @@ class JobService:
         *,
         since: datetime | None = None,
         until: datetime | None = None,
+        job_contains: str | None = None,
     ) -> dict[str, Any]:
         """Runs and missed records, newest scheduled time first.
 
-        ``since`` and ``until`` (aware) keep the scheduled times in [since, until).
+        ``since`` and ``until`` (aware) keep the scheduled times in [since, until);
+        ``job_contains`` the runs of jobs whose id contains it, ignoring case.
 
         :raises InvalidJob: for a bad status, limit or offset.
         """
@@ -600,6 +643,7 @@ class JobService:
                 offset=offset,
                 since=since,
                 until=until,
+                job_contains=job_contains,
             )
             earlier = select_attempts(conn, [run.id for run in runs if run.attempt > 1])
             return runs, total, earlier

@@ -22,18 +22,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, case, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from asyncapp.constants import (
     FAILING_STATUSES,
     MISSED,
     MISSED_REASONS,
     REMOVED,
+    RUNNING,
     SCHEDULER,
     SCHEDULER_RUNNING,
     WAITING,
     JobFilter,
+    JobSort,
     SchedulerState,
 )
 from asyncapp.model.change import Actor, Change
@@ -93,44 +96,86 @@ class JobStore:
         registered: list[str],
         limit: int,
         offset: int,
+        sort: JobSort = "next",
+        descending: bool = False,
     ) -> tuple[list[JobDef], int]:
-        """One page of :meth:`all`'s order, filtered in SQL, and how many jobs match in all.
+        """One page of the jobs, filtered and ordered in SQL, and how many match in all.
 
         ``search`` is a case-insensitive part of the id; ``state`` keeps jobs
-        that are scheduled, paused, broken (function not in ``registered``) or
-        failing (latest run ended in error or timeout).  A job whose stored
-        definition cannot be read shows as broken but is filtered by its function.
+        that are scheduled, running (a run in progress), paused, failing (latest
+        run ended in error or timeout) or broken (function not in ``registered``).
+        A job whose stored definition cannot be read shows as broken but is
+        filtered by its function.  ``sort``: ``next`` (:meth:`all`'s order),
+        ``id``, ``last`` (latest scheduled time in the run ledger, newest first;
+        never run last) or ``state`` (broken, failing, running, paused, scheduled);
+        ``descending`` reverses it.  Every order ends with the id, so pages never
+        overlap; ``last`` and ``state`` cost one step along the ledger's unique
+        key (job, scheduled time) per job.
         """
-        where = []
+        where: list[ColumnElement[bool]] = []
         if search:
             pattern = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append(jobs_table.c.id.ilike(f"%{pattern}%", escape="\\"))
-        if state == "scheduled":
-            where += [jobs_table.c.next_run_time.is_not(None), jobs_table.c.func.in_(registered)]
-        elif state == "paused":
-            where.append(jobs_table.c.next_run_time.is_(None))
-        elif state == "broken":
-            where.append(jobs_table.c.func.not_in(registered))
-        elif state == "failing":
-            latest = (
-                select(runs_table.c.status)
-                .where(runs_table.c.job_id == jobs_table.c.id)
-                .order_by(runs_table.c.scheduled_for.desc())
-                .limit(1)
-                .scalar_subquery()
-            )
-            where.append(latest.in_(FAILING_STATUSES))
+        if state is not None:
+            where.append(self._state_is(state, registered))
         total = conn.execute(select(func.count()).select_from(jobs_table).where(*where))
         rows = conn.execute(
             select(jobs_table)
             .where(*where)
-            .order_by(
-                jobs_table.c.next_run_time.is_(None), jobs_table.c.next_run_time, jobs_table.c.id
-            )
+            .order_by(*self._order(sort, descending, registered))
             .limit(limit)
             .offset(offset)
         )
         return [load(row) for row in rows], int(total.scalar_one())
+
+    def counts(self, conn: Connection, registered: list[str]) -> dict[str, int]:
+        """How many jobs each filter of :meth:`page` keeps, and ``all``."""
+        columns = [
+            func.count().label("all"),
+            *(
+                func.coalesce(
+                    func.sum(case((self._state_is(name, registered), 1), else_=0)), 0
+                ).label(name)
+                for name in JOB_STATES
+            ),
+        ]
+        row = conn.execute(select(*columns).select_from(jobs_table)).one()
+        return {name: int(row._mapping[name]) for name in ("all", *JOB_STATES)}
+
+    def _state_is(self, state: JobFilter, registered: list[str]) -> ColumnElement[bool]:
+        if state == "scheduled":
+            return jobs_table.c.next_run_time.is_not(None) & jobs_table.c.func.in_(registered)
+        if state == "paused":
+            return jobs_table.c.next_run_time.is_(None)
+        if state == "broken":
+            return jobs_table.c.func.not_in(registered)
+        if state == "running":
+            # Uncorrelated: read once through the status index, whatever the histories.
+            running = select(runs_table.c.job_id).where(runs_table.c.status == RUNNING)
+            return jobs_table.c.id.in_(running)
+        return _latest_run(runs_table.c.status).in_(FAILING_STATUSES)
+
+    def _order(
+        self, sort: JobSort, descending: bool, registered: list[str]
+    ) -> list[ColumnElement[Any]]:
+        by_id = jobs_table.c.id.desc() if descending else jobs_table.c.id
+        if sort == "id":
+            return [by_id]
+        if sort == "last":
+            latest = _latest_run(runs_table.c.scheduled_for)
+            return [latest.is_(None), latest if descending else latest.desc(), by_id]
+        if sort == "state":
+            rank = case(
+                (jobs_table.c.func.not_in(registered), 0),
+                (self._state_is("failing", registered), 1),
+                (self._state_is("running", registered), 2),
+                (jobs_table.c.next_run_time.is_(None), 3),
+                else_=4,
+            )
+            first = rank.desc() if descending else rank
+            return [first, jobs_table.c.next_run_time.is_(None), jobs_table.c.next_run_time, by_id]
+        upcoming = jobs_table.c.next_run_time
+        return [upcoming.is_(None), upcoming.desc() if descending else upcoming, by_id]
 
     def some(self, conn: Connection, job_ids: list[str]) -> dict[str, JobDef]:
         found: dict[str, JobDef] = {}
@@ -247,6 +292,16 @@ class JobStore:
         )
         return bool(conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)).rowcount)
 
+    def scheduler_change(self, conn: Connection) -> Change | None:
+        """The latest change of the scheduler-wide state (who paused it, and when)."""
+        row = conn.execute(
+            select(changes_table)
+            .where(changes_table.c.job_id.is_(None), changes_table.c.action == SCHEDULER)
+            .order_by(changes_table.c.id.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else _change(row)
+
     def set_scheduler_state(self, conn: Connection, state: SchedulerState, now: float) -> str:
         """Store the scheduler-wide state; returns the one it replaces."""
         before = self.scheduler_state(conn)
@@ -286,6 +341,21 @@ class JobStore:
                 "channel": CHANNEL, "payload": str(change_id),
             })  # fmt: skip
         return int(change_id)
+
+
+#: The states a job is counted in (a job may be in several: failing and paused).
+JOB_STATES: tuple[JobFilter, ...] = ("scheduled", "running", "paused", "failing", "broken")
+
+
+def _latest_run(column: ColumnElement[Any]) -> ScalarSelect[Any]:
+    """``column`` of the job's run with the latest scheduled time (one index step)."""
+    return (
+        select(column)
+        .where(runs_table.c.job_id == jobs_table.c.id)
+        .order_by(runs_table.c.scheduled_for.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def load(row: Any) -> JobDef:

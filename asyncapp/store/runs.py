@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 
+from asyncapp.constants import FAILING_STATUSES, SUCCESS
 from asyncapp.model.run import Run
 from asyncapp.model.values import as_utc
 from asyncapp.store.tables import attempts_table, jobs_table, runs_table
@@ -54,11 +55,18 @@ def select_runs(
     offset: int,
     since: datetime | None = None,
     until: datetime | None = None,
+    job_contains: str | None = None,
 ) -> tuple[list[Run], int]:
-    """Runs newest first (by scheduled time), and how many match in all."""
+    """Runs newest first (by scheduled time), and how many match in all.
+
+    ``job_contains`` keeps the runs of jobs whose id contains it, ignoring case.
+    """
     conditions = []
     if job_id is not None:
         conditions.append(runs_table.c.job_id == job_id)
+    if job_contains:
+        pattern = job_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(runs_table.c.job_id.ilike(f"%{pattern}%", escape="\\"))
     if status is not None:
         conditions.append(runs_table.c.status == status)
     if since is not None:
@@ -96,6 +104,32 @@ def latest_runs(conn: Connection, job_ids: list[str]) -> dict[str, Run]:
     newest_ids = select(newest).where(jobs_table.c.id.in_(job_ids))
     rows = conn.execute(select(runs_table).where(runs_table.c.id.in_(newest_ids)))
     return {row.job_id: run_from_row(row) for row in rows}
+
+
+def failing_since(conn: Connection, job_ids: list[str]) -> dict[str, datetime]:
+    """For each of ``job_ids`` whose runs fail, the scheduled time of the first failure
+    after its latest success (of all its failures if it never succeeded).
+
+    Walks the unique key (job, scheduled time) back over the failing streak: meant
+    for the failing jobs of one page.
+    """
+    found: dict[str, datetime] = {}
+    for job_id in job_ids:
+        # Backwards from the newest, so the walk is as long as the failing streak.
+        ok = conn.execute(
+            select(runs_table.c.scheduled_for)
+            .where(runs_table.c.job_id == job_id, runs_table.c.status == SUCCESS)
+            .order_by(runs_table.c.scheduled_for.desc())
+            .limit(1)
+        ).scalar()
+        conditions = [runs_table.c.job_id == job_id, runs_table.c.status.in_(FAILING_STATUSES)]
+        if ok is not None:
+            conditions.append(runs_table.c.scheduled_for > ok)
+        first = conn.execute(select(func.min(runs_table.c.scheduled_for)).where(*conditions))
+        moment = as_utc(first.scalar())
+        if moment is not None:
+            found[job_id] = moment
+    return found
 
 
 def select_attempts(conn: Connection, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -23,7 +23,9 @@ from asyncapp.faces.humanize import format_duration
 
 WIDTH = 600
 PANEL_HEIGHT = 60
-TITLE_SPACE = 16
+#: Room above a panel for its title, which the stylesheet draws up to 20 units tall
+#: (legible when a phone shrinks the chart to 60 % of its width).
+TITLE_SPACE = 24
 GAP = 14
 #: The widest bar, so that a few runs do not look like a wall.
 BAR_MAX = 24.0

@@ -6,7 +6,8 @@
   or a POST without the session's CSRF token, and the view never runs;
 - :func:`render`: a page, or with ``?live=1`` only its live regions as JSON
   (``{"regions": {id: {"html", "hash"}}}``), rendered by the same templates,
-  so the script can swap in exactly the parts whose hash changed;
+  so the script can swap in exactly the parts whose hash changed; :func:`page`
+  adds the scheduler banner (paused: by whom, since when) to every page's;
 - answers: :func:`done` for actions (JSON for the script, else a redirect
   with a message), :func:`message` pages, and the error handlers, which turn
   our exceptions into the API's status codes with a readable message;
@@ -44,7 +45,9 @@ from asyncapp.faces.host import Host, status_of
 from asyncapp.faces.humanize import (
     describe_trigger,
     format_duration,
+    format_moment,
     format_utc,
+    one_line,
     run_duration,
     start_lateness,
     trigger_spec,
@@ -186,6 +189,8 @@ def helpers() -> dict[str, Any]:
         "run_duration": lambda run: format_duration(run_duration(run)),
         "lateness": lambda run: format_duration(start_lateness(run)),
         "utc": format_utc,
+        "in_zone": format_moment,
+        "one_line": one_line,
         "iso_epoch": lambda seconds: datetime.fromtimestamp(seconds, UTC).isoformat(),
         "spec": trigger_spec,
         "inf": math.inf,
@@ -233,14 +238,21 @@ def render(
     return current_app.response_class(html, status=status, mimetype="text/html")
 
 
-async def page(template: str, **options: Any) -> Response:
-    """:func:`render` for an async view; the templates are compiled off the loop the first time."""
+async def page(template: str, *, regions: Mapping[str, str], **context: Any) -> Response:
+    """:func:`render` for an async view, with the scheduler banner as a live region of
+    every page; the templates are compiled off the loop the first time."""
     dashboard = state()
     if not dashboard.compiled:
         # The thread runs in a copy of this context, so current_app is this app there too.
         await asyncio.to_thread(warm_templates, current_app)
         dashboard.compiled = True
-    return render(template, **options)
+    status = await service().scheduler_status()
+    return render(
+        template,
+        regions={"scheduler-banner": "_scheduler_banner.html", **regions},
+        scheduler=status,
+        **context,
+    )
 
 
 def warm_templates(app: Flask) -> None:

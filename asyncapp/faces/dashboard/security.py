@@ -22,12 +22,14 @@ changes something carries it, and a POST without the right one is refused
 of cross-site requests in current browsers; the token covers the others.
 The login form itself needs none: forging it requires the API token.
 
-Rate limit.  Login attempts per client address, in memory: a sliding window
-of :data:`LOGIN_ATTEMPTS` per :data:`LOGIN_WINDOW` seconds, then 429 with
-``Retry-After``.  One small class rather than a library (Flask-Limiter): one
-counter on one form needs no storage back end, and a guess at a random token
-of 32 bytes is hopeless anyway; the limit stops noise and weak tokens being
-tried quickly.  It counts per process: with N workers an address gets N
+Rate limit.  Failed login attempts per client address, in memory: after
+:data:`LOGIN_ATTEMPTS` wrong tokens within :data:`LOGIN_WINDOW` seconds, every
+attempt gets 429 with ``Retry-After`` until the oldest failure leaves the
+window.  Correct logins are not counted: someone who holds the token and
+opens several browsers is not an attacker.  One small class rather than a
+library (Flask-Limiter): one counter on one form needs no storage back end,
+and a guess at a random token of 32 bytes is hopeless anyway; the limit stops
+noise and weak tokens being tried quickly.  It counts per process: with N workers an address gets N
 times the attempts.  Behind a proxy, every client has the proxy's address
 unless the app applies ``werkzeug.middleware.proxy_fix.ProxyFix``.
 """
@@ -199,22 +201,40 @@ class SlidingWindow:
         self._events: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def wait(self, key: str) -> float:
+        """0 if ``key`` may try now; else seconds until one of its events leaves the window."""
+        with self._lock:
+            events = self._recent(key)
+            if len(events) >= self.limit:
+                return events[0] + self.window - self.clock()
+            return 0.0
+
+    def add(self, key: str) -> None:
+        """Count an event of ``key`` now."""
+        with self._lock:
+            self._recent(key).append(self.clock())
+
     def hit(self, key: str) -> float:
         """Count an event of ``key`` if allowed and return 0; else seconds until it is."""
         with self._lock:
-            now = self.clock()
-            events = self._events.get(key)
-            if events is None:
-                events = self._events[key] = deque()
-                while len(self._events) > self.max_keys:
-                    self._events.popitem(last=False)
-            self._events.move_to_end(key)
-            while events and events[0] <= now - self.window:
-                events.popleft()
+            events = self._recent(key)
             if len(events) >= self.limit:
-                return events[0] + self.window - now
-            events.append(now)
+                return events[0] + self.window - self.clock()
+            events.append(self.clock())
             return 0.0
+
+    def _recent(self, key: str) -> deque[float]:
+        """``key``'s events still in the window (the caller holds the lock)."""
+        now = self.clock()
+        events = self._events.get(key)
+        if events is None:
+            events = self._events[key] = deque()
+            while len(self._events) > self.max_keys:
+                self._events.popitem(last=False)
+        self._events.move_to_end(key)
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        return events
 
 
 #: Characters a path and query may show as they are in a ``Location`` header.

@@ -4,17 +4,22 @@ Pages, server-rendered with Jinja (templates in ``asyncapp/templates/dashboard``
 CSS and one small script in ``asyncapp/static``, served by the package; nothing
 is built, nothing comes from another site):
 
-- ``/dashboard/``: the jobs, paged and filtered in the database;
-- ``/dashboard/jobs/<id>``: a job's settings, next fire times, recent runs
-  with a chart of their durations and start lateness, and its change history;
-- ``/dashboard/runs``: runs of every job, by status and time window;
+- ``/dashboard/``: counts of jobs per state (each a filter), then the jobs,
+  paged, filtered, counted and sorted in the database;
+- ``/dashboard/jobs/<id>``: a job's state, recent runs with a chart of their
+  durations and start lateness, next fire times (none for a broken job),
+  settings and change history;
+- ``/dashboard/runs``: runs of every job, by status, time window and part of
+  the job id;
 - ``/dashboard/processes``: the live processes and the scheduler's state.
 
-Each page marks parts of itself as live regions; the script asks the same URL
-with ``?live=1`` every two seconds and gets those parts as
-JSON (``{"regions": {id: {"html", "hash"}}}``), rendered by the same templates,
-and swaps in those whose hash changed.  Actions (pause with a note, resume,
-run now, delete after a confirmation page, scheduler pause and resume) are
+Every page carries a banner while the scheduler is paused.  Each page marks
+parts of itself as live regions; the script asks the same URL with ``?live=1``
+every two seconds and gets those parts as JSON (``{"regions": {id: {"html",
+"hash"}}}``), rendered by the same templates, and swaps in those whose hash
+changed, keeping scroll, focus, open sections and the rows under the pointer.
+Actions (pause with a note, resume, run now, delete after a confirmation
+page, scheduler pause after one and resume) are
 POST forms that work without the script; with it, the job page sends them
 without leaving the page.  Every action goes through :class:`JobService` as
 ``Actor("dashboard", <client address>)``, so the change history says
@@ -38,7 +43,7 @@ from flask import Blueprint, Flask, Response, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from asyncapp import metrics
-from asyncapp.constants import JOB_FILTERS, RUN_STATUSES, JobFilter
+from asyncapp.constants import JOB_FILTERS, JOB_SORTS, RUN_STATUSES, JobFilter, JobSort
 from asyncapp.errors import InvalidJob
 from asyncapp.faces.dashboard.charts import run_chart
 from asyncapp.faces.dashboard.pages import (
@@ -61,6 +66,7 @@ from asyncapp.faces.dashboard.pages import (
     session,
     state,
     token,
+    url_with,
 )
 from asyncapp.faces.dashboard.security import (
     DashboardSessions,
@@ -123,7 +129,8 @@ def login() -> Response:
             return see_other(_next_page())
         notice = "You are logged out." if request.args.get("out") else None
         return render("login.html", notice=notice)
-    wait = state().logins.hit(request.remote_addr or "unknown")
+    address = request.remote_addr or "unknown"
+    wait = state().logins.wait(address)
     if wait:
         seconds = math.ceil(wait)
         text = f"Too many login attempts from your address; try again in {seconds} s."
@@ -131,6 +138,7 @@ def login() -> Response:
         response.headers["Retry-After"] = str(seconds)
         return response
     if not token_matches(request.form.get("token", ""), configured):
+        state().logins.add(address)  # only failures count: a right token is no attack
         return render("login.html", error="Wrong token.", status=401)
     current.clear()  # a new session at every login: nothing set before it survives
     current.update(login=login_mark(configured), at=time.time(), csrf=new_csrf_token())
@@ -158,17 +166,33 @@ async def jobs() -> Response:
     search = request.args.get("q", "").strip()[:200]
     wanted = request.args.get("state")
     chosen = cast(JobFilter, wanted) if wanted in JOB_FILTERS else None
+    asked = request.args.get("sort")
+    sort = cast(JobSort, asked) if asked in JOB_SORTS else "next"
+    descending = request.args.get("dir") == "desc"
     number = _page_number()
-    listing = await service().job_page(
-        search=search or None, state=chosen, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE
+    jobs_service = service()
+    listing = await jobs_service.job_page(
+        search=search or None,
+        state=chosen,
+        limit=PAGE_SIZE,
+        offset=(number - 1) * PAGE_SIZE,
+        sort=sort,
+        descending=descending,
     )
+    pager = _pager(number, listing["total"])
+    if number > pager["pages"] and request.args.get("live") != "1":
+        return see_other(url_with(page=pager["pages"] if pager["pages"] > 1 else None))
     return await page(
         "jobs.html",
-        regions={"jobs-table": "_jobs_table.html"},
+        regions={"job-counts": "_job_counts.html", "jobs-table": "_jobs_table.html"},
         listing=listing,
-        pager=_pager(number, listing["total"]),
+        counts=await jobs_service.job_counts(),
+        pager=pager,
         search=search,
         state=chosen,
+        sort=sort,
+        descending=descending,
+        sorts=JOB_SORTS,
         filters=JOB_FILTERS,
         nav="jobs",
     )
@@ -179,10 +203,13 @@ async def job(job_id: str) -> Response:
     found = await jobs_service.get_job(job_id)
     recent = await jobs_service.list_runs(job_id, limit=RECENT_RUNS)
     changes = await jobs_service.job_changes(job_id, limit=RECENT_CHANGES)
-    try:
-        upcoming, upcoming_error = (await jobs_service.upcoming(job_id, UPCOMING))["times"], None
-    except InvalidJob as exc:
-        upcoming, upcoming_error = [], "; ".join(item["message"] for item in exc.errors)
+    upcoming: list[str] = []
+    upcoming_error = None
+    if not found["broken"]:  # a broken job never fires: its times would mislead
+        try:
+            upcoming = (await jobs_service.upcoming(job_id, UPCOMING))["times"]
+        except InvalidJob as exc:
+            upcoming_error = "; ".join(item["message"] for item in exc.errors)
     return await page(
         "job.html",
         regions={
@@ -193,7 +220,9 @@ async def job(job_id: str) -> Response:
             "job-changes": "_job_changes.html",
         },
         job=found,
+        zone=_own_zone(found),
         runs=recent,
+        manual=await jobs_service.manual_runs(job_id),
         chart=run_chart(recent["runs"]),
         changes=changes,
         upcoming=upcoming,
@@ -202,27 +231,37 @@ async def job(job_id: str) -> Response:
     )
 
 
+def _own_zone(job: dict[str, Any]) -> str | None:
+    """The time zone a cron or date job's times are read in, when it is not UTC."""
+    zone = job.get("timezone") if job.get("trigger") in ("cron", "date") else None
+    return zone if isinstance(zone, str) and zone not in ("UTC", "Etc/UTC") else None
+
+
 async def runs() -> Response:
     status = request.args.get("status")
     status = status if status in RUN_STATUSES else None
     window = request.args.get("window")
     window = window if window in WINDOWS else None
-    job_id = request.args.get("job", "").strip()[:200] or None
+    job_part = request.args.get("job", "").strip()[:200] or None
     since = datetime.now(UTC) - WINDOWS[window][1] if window else None
     number = _page_number()
     listing = await service().list_runs(
-        job_id, status, PAGE_SIZE, (number - 1) * PAGE_SIZE, since=since
+        None, status, PAGE_SIZE, (number - 1) * PAGE_SIZE, since=since, job_contains=job_part
     )
+    pager = _pager(number, listing["total"])
+    if number > pager["pages"] and request.args.get("live") != "1":
+        return see_other(url_with(page=pager["pages"] if pager["pages"] > 1 else None))
     return await page(
         "runs.html",
         regions={"runs-table": "_runs_page_table.html"},
         listing=listing,
-        pager=_pager(number, listing["total"]),
+        pager=pager,
+        manual=set(),
         run_status=status,
         statuses=RUN_STATUSES,
         window=window,
         windows=WINDOWS,
-        job_id=job_id,
+        job_id=job_part,
         nav="runs",
     )
 
@@ -233,6 +272,7 @@ async def processes() -> Response:
         "processes.html",
         regions={"processes": "_processes.html"},
         cluster=await service().processes(),
+        counts=await service().job_counts(),
         database="unavailable" if runtime.db.down_since is not None else "ok",
         lag=metrics.loop_lag_summary(),
         nav="processes",
@@ -241,7 +281,13 @@ async def processes() -> Response:
 
 async def confirm_delete(job_id: str) -> Response:
     found = await service().get_job(job_id)
-    return await page("confirm_delete.html", job=found, nav="jobs")
+    return await page("confirm_delete.html", regions={}, job=found, nav="jobs")
+
+
+async def confirm_pause_scheduler() -> Response:
+    return await page(
+        "confirm_pause.html", regions={}, counts=await service().job_counts(), nav="processes"
+    )
 
 
 def _page_number() -> int:
@@ -251,10 +297,24 @@ def _page_number() -> int:
         return 1
 
 
-def _pager(page: int, total: int) -> dict[str, int]:
+def _pager(page: int, total: int) -> dict[str, Any]:
+    """Where a page is among ``total`` rows, and the page numbers to link: the first,
+    the last, and two either side of this one (None where numbers are left out)."""
     pages = max(1, math.ceil(total / PAGE_SIZE))
     first = (page - 1) * PAGE_SIZE + 1 if total else 0
-    return {"page": page, "pages": pages, "first": first, "last": min(page * PAGE_SIZE, total)}
+    near = sorted({1, pages, *range(max(1, page - 2), min(pages, page + 2) + 1)})
+    numbers: list[int | None] = []
+    for number in near:
+        if numbers and number - (numbers[-1] or 0) > 1:
+            numbers.append(None)
+        numbers.append(number)
+    return {
+        "page": page,
+        "pages": pages,
+        "first": first,
+        "last": min(page * PAGE_SIZE, total),
+        "numbers": numbers,
+    }
 
 
 # -- actions -------------------------------------------------------------------------
@@ -304,6 +364,7 @@ ROUTES: list[tuple[str, Callable[..., Any], list[str]]] = [
     ("/jobs/<job_id>/run", run_job, ["POST"]),
     ("/runs", runs, ["GET"]),
     ("/processes", processes, ["GET"]),
+    ("/scheduler/pause", confirm_pause_scheduler, ["GET"]),
     ("/scheduler/pause", pause_scheduler, ["POST"]),
     ("/scheduler/resume", resume_scheduler, ["POST"]),
 ]
