@@ -26,14 +26,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.model.run import Run
-from asyncapp.store.claims import end_runs
+from asyncapp.store.claims import end_runs, record_attempts
 from asyncapp.store.database import Database
-from asyncapp.store.tables import attempts_table
 
 log = logging.getLogger("asyncapp.run")
 
@@ -209,7 +207,7 @@ class Recorder:
         buffered: set[str],
     ) -> list[Run]:
         if attempts:
-            conn.execute(insert(attempts_table), attempts)
+            record_attempts(conn, self.db, attempts, self.process_id)
         if not batch and not buffered:
             return []
         recorded, started = end_runs(conn, self.db, batch, self.process_id, buffered=buffered)

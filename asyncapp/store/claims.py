@@ -32,12 +32,13 @@ only check the job's limit of runs at once.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -65,6 +66,8 @@ from asyncapp.model.values import as_utc
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import load
 from asyncapp.store.tables import attempts_table, jobs_table, processes_table, runs_table
+
+log = logging.getLogger("asyncapp.cluster")
 
 #: Times closer than this to the stored next run time count as that time
 #: (the stored value is a float of epoch seconds).
@@ -293,6 +296,35 @@ def end_runs(
     return recorded, _promote(conn, buffered, process_id)
 
 
+def record_attempts(
+    conn: Connection, db: Database, attempts: list[dict[str, Any]], process_id: str
+) -> int:
+    """Keep failed attempts of runs this process still runs; returns how many were kept.
+
+    The run's row moves on to the next attempt with each kept one, so its
+    ``attempt`` always follows the attempts kept (the reaper numbers from both).
+    An attempt of a run another process ended or took over (this one was
+    presumed dead) is not kept: that process numbers the attempts from then on.
+    """
+    keep = db.insert_ignoring_conflicts(attempts_table, "run_id", "attempt")
+    kept = 0
+    for row in attempts:
+        moved = conn.execute(
+            update(runs_table)
+            .where(
+                runs_table.c.id == row["run_id"],
+                runs_table.c.process_id == process_id,
+                runs_table.c.status == RUNNING,
+                runs_table.c.attempt <= row["attempt"],
+            )
+            .values(attempt=row["attempt"] + 1)
+        )
+        if moved.rowcount:
+            conn.execute(keep.values(**row))
+            kept += 1
+    return kept
+
+
 def reap(
     conn: Connection,
     db: Database,
@@ -311,6 +343,11 @@ def reap(
     ``asyncapp_attempts``).  A run that waited for an orphan (``buffer_one``)
     is started by this process too.  Each orphan is ended by one process only:
     the update is conditional on the run still being in progress.
+
+    The interrupted attempt is numbered after the attempts already kept (a dead
+    process may have kept a failed attempt and died in the retry's backoff), and
+    each orphan is reaped under its own savepoint: one that fails is logged and
+    left, and cannot roll back the others or the caller's transaction.
     """
     live = select(processes_table.c.id)
     orphans = conn.execute(
@@ -339,51 +376,85 @@ def reap(
     ).all():
         if orphan.status == WAITING:
             continue  # started below, once the runs it waits for are ended
-        job = jobs.get(orphan.job_id)
-        ended = {
-            "status": INTERRUPTED,
-            "ended_at": now,
-            "error_type": None,
-            "error_message": f"process {orphan.node} stopped responding while it ran",
-        }
-        if job is None or not job.rerun_interrupted or not can_run(job):
-            conn.execute(update(runs_table).where(runs_table.c.id == orphan.id).values(**ended))
+        # One savepoint per orphan: a row that cannot be reaped is logged and left,
+        # and the others (and the caller's transaction) go on.
+        try:
+            with conn.begin_nested():
+                again = _reap_one(
+                    conn, orphan, jobs.get(orphan.job_id), now, node, process_id, can_run
+                )
+        except Exception:
+            log.exception(
+                "reaping run %s of job %s failed; it is left as it is", orphan.id, orphan.job_id
+            )
             continue
-        conn.execute(
-            insert(attempts_table).values(
-                run_id=orphan.id,
-                attempt=orphan.attempt,
-                started_at=orphan.started_at,
-                node=orphan.node,
-                process_id=orphan.process_id,
-                **ended,
-            )
-        )
-        again = Run(
-            id=orphan.id,
-            job_id=orphan.job_id,
-            scheduled_for=as_utc(orphan.scheduled_for),  # type: ignore[arg-type]
-            node=node,
-            process_id=process_id,
-            started_at=now,
-            attempt=orphan.attempt + 1,
-        )
-        conn.execute(
-            update(runs_table)
-            .where(runs_table.c.id == orphan.id)
-            .values(
-                node=node,
-                process_id=process_id,
-                started_at=now,
-                attempt=again.attempt,
-                error_type=None,
-                error_message=None,
-            )
-        )
-        starts.append((again, job))
+        if again is not None:
+            starts.append(again)
     mine = [job_id for job_id in job_ids if job_id in jobs and can_run(jobs[job_id])]
     starts.extend((run, jobs[run.job_id]) for run in _promote(conn, mine, process_id, node))
     return starts
+
+
+def _reap_one(
+    conn: Connection,
+    orphan: Any,
+    job: JobDef | None,
+    now: datetime,
+    node: str,
+    process_id: str,
+    can_run: Callable[[JobDef], bool],
+) -> tuple[Run, JobDef] | None:
+    """End one orphaned run as interrupted; claim it again as ``process_id`` if its job asks."""
+    # The interrupted attempt is numbered after every attempt already kept: the dead
+    # process may have recorded a failed attempt (a retry in backoff) that its run
+    # row does not show yet.
+    kept = conn.execute(
+        select(func.max(attempts_table.c.attempt)).where(attempts_table.c.run_id == orphan.id)
+    ).scalar()
+    attempt = max(orphan.attempt, (kept or 0) + 1)
+    ended = {
+        "status": INTERRUPTED,
+        "ended_at": now,
+        "error_type": None,
+        "error_message": f"process {orphan.node} stopped responding while it ran",
+    }
+    if job is None or not job.rerun_interrupted or not can_run(job):
+        conn.execute(
+            update(runs_table).where(runs_table.c.id == orphan.id).values(attempt=attempt, **ended)
+        )
+        return None
+    conn.execute(
+        insert(attempts_table).values(
+            run_id=orphan.id,
+            attempt=attempt,
+            started_at=orphan.started_at,
+            node=orphan.node,
+            process_id=orphan.process_id,
+            **ended,
+        )
+    )
+    again = Run(
+        id=orphan.id,
+        job_id=orphan.job_id,
+        scheduled_for=as_utc(orphan.scheduled_for),  # type: ignore[arg-type]
+        node=node,
+        process_id=process_id,
+        started_at=now,
+        attempt=attempt + 1,
+    )
+    conn.execute(
+        update(runs_table)
+        .where(runs_table.c.id == orphan.id)
+        .values(
+            node=node,
+            process_id=process_id,
+            started_at=now,
+            attempt=again.attempt,
+            error_type=None,
+            error_message=None,
+        )
+    )
+    return again, job
 
 
 def _lock_jobs(conn: Connection, sql: Statements, ids: list[str]) -> dict[str, Any]:

@@ -1,0 +1,91 @@
+"""The cluster under partial failure (issue 16): a kill -9 during a retry backoff, a row
+lock held on one job, a write lock held past the process timeout, "run now" racing a
+scheduled claim, and a run left ``running`` with no task.
+
+Each test runs real Hypercorn processes on a real database and asserts from the
+job's own marks (``tests.jobs:mark`` and friends write a line per start), not only
+from the run history.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server, wait_until
+from tests.test_cluster import FAST, add, live, marks, rows, whole_second
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def ready(server: Server) -> int:
+    return httpx.get(f"{server.url}/readyz", timeout=10).status_code
+
+
+def heartbeat_of(url: str, server: Server) -> float:
+    found = rows(url, "SELECT heartbeat_at FROM asyncapp_processes WHERE pid = :pid",
+                 pid=server.process.pid)  # fmt: skip
+    return float(found[0].heartbeat_at) if found else 0.0
+
+
+# -- item 3: reaping isolates each orphan; attempts numbered from one source ---------
+
+
+def test_kill_9_during_a_retry_backoff_is_reaped_and_rerun_while_heartbeats_go_on(
+    hypercorn_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Before: the reaper inserted the attempt the dead process had already kept, the
+    primary-key error rolled back the survivor's every heartbeat, the orphan stayed
+    running and ``/readyz`` said the heartbeat failed."""
+    url = f"sqlite:///{tmp_path / 'pair.db'}"
+    env = {**FAST, "ASYNCAPP_DATABASE_URL": url, "ASYNCAPP_RETRY_BACKOFF": "120"}
+    servers = [hypercorn_server(**env) for _ in range(2)]
+    wait_until(lambda: len(live(servers[0])) == 2, what="two servers")
+    path = tmp_path / "marks"
+    # Once an hour from a second from now: the job outlives its first run.
+    body = {"id": "flaky", "func": "tests.jobs:mark_attempt", "args": [str(path)],
+            "trigger": "interval", "hours": 1, "start_date": whole_second(0.5).isoformat(),
+            "retries": 1, "rerun_interrupted": True}  # fmt: skip
+    add(servers[0], body)
+    first = wait_until(lambda: marks(path), what="the first attempt")
+    _, pid, run_id, label = first[0]
+    assert label == "attempt1"
+    # The failed first attempt is kept: the run now waits out its backoff (60-120 s).
+    wait_until(
+        lambda: rows(url, "SELECT * FROM asyncapp_attempts WHERE run_id = :r", r=run_id),
+        what="the failed attempt kept",
+    )
+    victim = next(s for s in servers if s.process.pid == pid)
+    survivor = next(s for s in servers if s is not victim)
+    os.kill(pid, signal.SIGKILL)
+    victim.process.wait(timeout=10)
+
+    rerun = wait_until(
+        lambda: [m for m in marks(path) if m[1] == survivor.process.pid],
+        timeout=30,
+        what="the survivor re-running the orphan",
+    )
+    assert [(m[2], m[3]) for m in rerun] == [(run_id, "attempt3")]
+    ended = wait_until(
+        lambda: rows(url, "SELECT * FROM asyncapp_runs WHERE id = :r AND status = 'success'",
+                     r=run_id),
+        what="the re-run to succeed",
+    )  # fmt: skip
+    assert ended[0].attempt == 3
+    kept = rows(url, "SELECT attempt, status FROM asyncapp_attempts WHERE run_id = :r "
+                "ORDER BY attempt", r=run_id)  # fmt: skip
+    assert [(a.attempt, a.status) for a in kept] == [(1, "error"), (2, "interrupted")]
+    assert len(marks(path)) == 2, "a body ran twice"
+
+    # The survivor goes on heartbeating, alone, and is ready.
+    beat = heartbeat_of(url, survivor)
+    wait_until(lambda: heartbeat_of(url, survivor) > beat, what="a later heartbeat")
+    assert [p["pid"] for p in live(survivor)] == [survivor.process.pid]
+    assert ready(survivor) == 200
+    assert "heartbeat failed" not in survivor.output()
+    assert survivor.stop() == 0
