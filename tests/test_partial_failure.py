@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
-from tests.conftest import Server, wait_until
+from tests.conftest import AUTH, Server, wait_until
 from tests.test_cluster import FAST, add, live, marks, rows, whole_second
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,3 +92,77 @@ def test_kill_9_during_a_retry_backoff_is_reaped_and_rerun_while_heartbeats_go_o
     assert ready(survivor) == 200
     assert "heartbeat failed" not in survivor.output()
     assert survivor.stop() == 0
+
+
+# -- item 5: max_instances counted after the lock ------------------------------------
+
+
+def spans(path: Path) -> list[tuple[float, float, int]]:
+    """(start, end, pid) of each run ``tests.jobs:span`` wrote; an open run ends at +inf."""
+    starts: dict[str, tuple[float, int]] = {}
+    ends: dict[str, float] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        phase, at, pid, run_id, _ = line.split(" ")
+        if phase == "start":
+            starts[run_id] = (float(at), int(pid))
+        else:
+            ends[run_id] = float(at)
+    return sorted((at, ends.get(run_id, float("inf")), pid)
+                  for run_id, (at, pid) in starts.items())  # fmt: skip
+
+
+def most_at_once(found: list[tuple[float, float, int]]) -> int:
+    edges = sorted([(start, 1) for start, _, _ in found] + [(end, -1) for _, end, _ in found])
+    peak = now = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+@pytest.mark.postgres
+def test_run_now_racing_a_scheduled_claim_never_starts_two_runs(
+    hypercorn_server: Callable[..., Server], pg_url: str, tmp_path: Path
+) -> None:
+    """Before: both waited for the job's row lock; the second to get it counted the
+    runs in progress from before its wait, and a ``max_instances: 1`` job ran twice."""
+    first, second = (hypercorn_server(ASYNCAPP_DATABASE_URL=pg_url, **FAST) for _ in range(2))
+    wait_until(lambda: len(live(first)) == 2, what="two servers")
+    path = tmp_path / "spans"
+    due = whole_second(4.0)
+    body = {"id": "solo", "func": "tests.jobs:span", "args": [str(path), 6],
+            "trigger": "interval", "minutes": 10, "start_date": due.isoformat(),
+            "max_instances": 1, "misfire_grace_time": 60}  # fmt: skip
+    add(first, body)
+
+    holder = psycopg.connect(pg_url.replace("+psycopg", ""))
+    try:
+        # Another transaction holds the job's row across its due time: every claim of
+        # it (the scheduled ones and the "run now") queues behind this lock.
+        holder.execute("SELECT id FROM asyncapp_jobs WHERE id = 'solo' FOR UPDATE")
+        blocker = holder.info.backend_pid
+        answers: list[int] = []
+        pool = ThreadPoolExecutor(1)
+        run_now = pool.submit(
+            lambda: httpx.post(f"{second.url}/scheduler/jobs/solo/run", headers=AUTH, timeout=60)
+        )
+        wait_until(
+            lambda: rows(pg_url, "SELECT pid FROM pg_stat_activity "
+                         "WHERE :b = ANY(pg_blocking_pids(pid))", b=blocker),
+            what="the run now waiting for the lock",
+        )  # fmt: skip
+        # Past the due time: the scheduled claims have begun by now (and wait, or skip).
+        wait_until(lambda: datetime.now(UTC) > due + timedelta(seconds=1.5), what="due time")
+        holder.commit()
+        answers.append(run_now.result(timeout=60).status_code)
+        pool.shutdown()
+    finally:
+        holder.close()
+
+    assert answers[0] in (200, 409), answers
+    wait_until(lambda: spans(path) and all(end < float("inf") for _, end, _ in spans(path)),
+               timeout=30, what="the runs to end")  # fmt: skip
+    found = spans(path)
+    assert most_at_once(found) == 1, found
+    ledger = rows(pg_url, "SELECT status, reason FROM asyncapp_runs WHERE job_id = 'solo'")
+    assert len([r for r in ledger if r.status != "missed"]) == len(found) == 1, ledger

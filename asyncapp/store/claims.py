@@ -162,8 +162,10 @@ def claim(
     now = datetime.now(UTC)
     outcomes = [Outcome() for _ in batch]
     rows = _lock_jobs(conn, sql, sorted({due.job_id for due in batch}))
-    running = {job_id: row.running for job_id, row in rows.items()}
-    waiting = {job_id: row.waiting for job_id, row in rows.items()}
+    # Counted after the lock, in statements of their own: on PostgreSQL (READ
+    # COMMITTED) a count inside the locking statement reads the snapshot taken
+    # before the lock wait, and misses the run the lock holder just claimed.
+    running, waiting = _count_runs(conn, sql, list(rows))
     records: list[Run] = []
     advances: list[dict[str, Any]] = []
     finished: list[dict[str, Any]] = []
@@ -465,6 +467,19 @@ def _lock_jobs(conn: Connection, sql: Statements, ids: list[str]) -> dict[str, A
     return rows
 
 
+def _count_runs(
+    conn: Connection, sql: Statements, ids: list[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(running, waiting) runs of each of ``ids``, read now (call it after locking them)."""
+    running = dict.fromkeys(ids, 0)
+    waiting = dict.fromkeys(ids, 0)
+    for start in range(0, len(ids), CHUNK):
+        for found in conn.execute(sql.count, {"ids": ids[start : start + CHUNK]}):
+            running[found.job_id] = found.running
+            waiting[found.job_id] = found.waiting
+    return running, waiting
+
+
 def _cancel_running(conn: Connection, job_id: str, now: datetime) -> list[tuple[str, str | None]]:
     """End ``job_id``'s runs in progress as interrupted; returns (run id, process id) of each."""
     victims = conn.execute(
@@ -577,26 +592,31 @@ class Statements:
     Building SQLAlchemy expressions and their cache keys at every claim cost
     more than the database work itself (2.5 ms of Python for a one-job claim
     on SQLite, on the database thread, holding the GIL the loop needs).  The
-    job rows, their runs in progress or waiting and the scheduler-wide state
-    come in one statement; on PostgreSQL it locks the job rows (``FOR UPDATE
-    OF j``, in id order) and shares the scheduler row (``FOR SHARE OF s``: a
-    scheduler pause waits for claims in flight, and claims after it see it).
+    job rows and the scheduler-wide state come in one statement; on PostgreSQL
+    it locks the job rows (``FOR UPDATE OF j``, in id order) and shares the
+    scheduler row (``FOR SHARE OF s``: a scheduler pause waits for claims in
+    flight, and claims after it see it).  Their runs in progress or waiting are
+    counted by a second statement, after the lock (DESIGN.md fact 17).
     """
 
     lock: Any
+    count: Any
     insert: Any
     advance: Any
     finish: Any
 
 
 LOCK_JOBS = (
-    "SELECT j.id, j.version, j.next_run_time, j.max_instances, s.state, "
-    "(SELECT count(*) FROM asyncapp_runs r "
-    "WHERE r.job_id = j.id AND r.status = 'running') AS running, "
-    "(SELECT count(*) FROM asyncapp_runs w "
-    "WHERE w.job_id = j.id AND w.status = 'waiting') AS waiting "
+    "SELECT j.id, j.version, j.next_run_time, j.max_instances, s.state "
     "FROM asyncapp_jobs j, asyncapp_scheduler s "
     "WHERE s.id = 1 AND j.id IN :ids ORDER BY j.id"
+)
+COUNT_RUNS = (
+    "SELECT job_id, "
+    "sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running, "
+    "sum(CASE WHEN status = 'waiting' THEN 1 ELSE 0 END) AS waiting "
+    "FROM asyncapp_runs WHERE job_id IN :ids AND status IN ('running', 'waiting') "
+    "GROUP BY job_id"
 )
 POSTGRES_LOCKS = " FOR UPDATE OF j FOR SHARE OF s"
 
@@ -625,6 +645,7 @@ END_RUN = (
 def statements(dialect: str) -> Statements:
     lock_sql = LOCK_JOBS + POSTGRES_LOCKS if dialect == "postgresql" else LOCK_JOBS
     lock = text(lock_sql).bindparams(bindparam("ids", expanding=True))
+    count = text(COUNT_RUNS).bindparams(bindparam("ids", expanding=True))
     dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     insert_runs = (
         dialect_insert(runs_table)
@@ -643,4 +664,4 @@ def statements(dialect: str) -> Statements:
     finish = delete(jobs_table).where(
         jobs_table.c.id == bindparam("b_job"), jobs_table.c.version == bindparam("b_version")
     )
-    return Statements(lock, insert_runs, advance, finish)
+    return Statements(lock, count, insert_runs, advance, finish)
