@@ -60,7 +60,7 @@ from asyncapp.service.jobs import JobService
 from asyncapp.service.validation import parse_job_create
 from asyncapp.settings import Settings
 from asyncapp.store.claims import Reasons
-from asyncapp.store.database import Database
+from asyncapp.store.database import Database, bounded_waits
 from asyncapp.store.jobs import JobStore
 from asyncapp.store.runs import prune
 from asyncapp.watchdog import Watchdog
@@ -205,7 +205,9 @@ class Runtime(Hooks):
 
     async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings
-        db = self._parts["db"] = Database(settings.database_url)
+        db = self._parts["db"] = Database(
+            settings.database_url, **bounded_waits(settings.process_timeout)
+        )
         stack.push_async_callback(db.close)
         await db.open()
 
@@ -665,7 +667,7 @@ async def offline_service(
 
     ``writes=False`` opens the database without upgrading its schema.
     """
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, **bounded_waits(settings.process_timeout))
     try:
         await db.open(migrate=writes)
         _import_job_modules(settings.job_modules)

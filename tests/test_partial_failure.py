@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
 from tests.conftest import AUTH, Server, wait_until
-from tests.test_cluster import FAST, add, live, marks, rows, whole_second
+from tests.test_cluster import FAST, add, live, marks, rows, tick_job, whole_second
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,7 +128,8 @@ def test_run_now_racing_a_scheduled_claim_never_starts_two_runs(
 ) -> None:
     """Before: both waited for the job's row lock; the second to get it counted the
     runs in progress from before its wait, and a ``max_instances: 1`` job ran twice."""
-    first, second = (hypercorn_server(ASYNCAPP_DATABASE_URL=pg_url, **FAST) for _ in range(2))
+    # Default timings: a lock wait may last 5 s, longer than this test holds the lock.
+    first, second = (hypercorn_server(ASYNCAPP_DATABASE_URL=pg_url) for _ in range(2))
     wait_until(lambda: len(live(first)) == 2, what="two servers")
     path = tmp_path / "spans"
     due = whole_second(4.0)
@@ -139,6 +142,7 @@ def test_run_now_racing_a_scheduled_claim_never_starts_two_runs(
     try:
         # Another transaction holds the job's row across its due time: every claim of
         # it (the scheduled ones and the "run now") queues behind this lock.
+        wait_until(lambda: datetime.now(UTC) > due - timedelta(seconds=1), what="due - 1 s")
         holder.execute("SELECT id FROM asyncapp_jobs WHERE id = 'solo' FOR UPDATE")
         blocker = holder.info.backend_pid
         answers: list[int] = []
@@ -166,3 +170,48 @@ def test_run_now_racing_a_scheduled_claim_never_starts_two_runs(
     assert most_at_once(found) == 1, found
     ledger = rows(pg_url, "SELECT status, reason FROM asyncapp_runs WHERE job_id = 'solo'")
     assert len([r for r in ledger if r.status != "missed"]) == len(found) == 1, ledger
+
+
+# -- item 2: bounded waits ---------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_row_lock_held_on_one_job_delays_that_job_only(
+    hypercorn_server: Callable[..., Server], pg_url: str, tmp_path: Path
+) -> None:
+    """Before: the claim of the locked job waited for the lock with no timeout, and
+    every other job's claim queued behind it (an unrelated job stopped firing), and a
+    PATCH of the locked job hung."""
+    server = hypercorn_server(ASYNCAPP_DATABASE_URL=pg_url, **FAST)
+    held_marks, free_marks = tmp_path / "held", tmp_path / "free"
+    start = whole_second(0.5)
+    add(server, tick_job("held", held_marks, start, None))
+    add(server, tick_job("free", free_marks, start, None))
+    wait_until(lambda: marks(held_marks) and marks(free_marks), what="both jobs firing")
+
+    holder = psycopg.connect(pg_url.replace("+psycopg", ""))
+    try:
+        # A transaction left open holding one job's row (a frozen process, an operator).
+        holder.execute("SELECT id FROM asyncapp_jobs WHERE id = 'held' FOR UPDATE")
+        locked_at = datetime.now(UTC)
+        asked = time.monotonic()
+        patched = httpx.patch(f"{server.url}/scheduler/jobs/held", json={"name": "renamed"},
+                              headers=AUTH, timeout=20)  # fmt: skip
+        took = time.monotonic() - asked
+        assert patched.status_code in (200, 503), patched.text
+        assert took < 10, f"the PATCH took {took:.1f} s"
+
+        def free_since_locked() -> list[Any]:
+            return [m for m in marks(free_marks) if datetime.fromisoformat(m[0]) > locked_at]
+
+        wait_until(lambda: len(free_since_locked()) >= 3, timeout=15,
+                   what="the unrelated job firing while the other's row is held")  # fmt: skip
+        assert ready(server) == 200, "a held row is not an outage"
+    finally:
+        holder.close()
+    released_at = datetime.now(UTC)
+    wait_until(
+        lambda: [m for m in marks(held_marks) if datetime.fromisoformat(m[0]) > released_at],
+        what="the held job firing again once released",
+    )
+    assert server.stop() == 0

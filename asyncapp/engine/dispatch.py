@@ -9,6 +9,11 @@ transaction (one commit for a batch instead of one per job: on this
 machine's PostgreSQL, 2.75k single-key claims/s against 27k keys/s in
 batches of 100).
 
+A job row that another transaction holds (a process frozen inside its claim,
+an operator's open transaction) delays that job only: the claim skips it
+(``SKIP LOCKED``) and tries it again after :data:`RETRY_LOCKED`; a claim
+whose lock wait timed out is retried the same way, not taken for an outage.
+
 Spreading runs over processes: every process fires every job, and the claim
 decides; but a process that claims a batch of 2000 due jobs first would win
 them all.  So each process claims at once only the jobs it *prefers* (a hash
@@ -56,6 +61,9 @@ log = logging.getLogger("asyncapp.run")
 WAVE = 32
 #: Seconds a process waits before claiming jobs another live process prefers.
 SPREAD_DELAY = 0.25
+#: Seconds before a claim is tried again when its job's row (or SQLite's write
+#: lock) was held by another transaction.
+RETRY_LOCKED = 0.5
 
 
 @dataclass(eq=False)
@@ -211,7 +219,12 @@ class Dispatcher:
         except DatabaseUnavailable as exc:
             recorder.untake(write_results)
             self._refuse(batch, exc)
-            self.hooks.database_down([s for s in batch if s.answer is None])
+            scheduled = [s for s in batch if s.answer is None]
+            if exc.busy:
+                # A lock wait timed out: the database answers; try these again soon.
+                self._retry_later(scheduled)
+            else:
+                self.hooks.database_down(scheduled)
             return
         except Exception as exc:
             recorder.untake(write_results)
@@ -223,12 +236,18 @@ class Dispatcher:
         stale: set[str] = set()
         halted: list[Submission] = []
         starts: list[tuple[list[Run], JobDef, Callable[..., Any]]] = []
+        held: list[Submission] = []
         for submission, outcome in zip(batch, outcomes, strict=True):
+            if outcome.locked:
+                held.append(submission)
+                continue
             self._settle(submission, outcome, starts)
             if outcome.stale:
                 stale.add(submission.job.id)
             if outcome.halted:
                 halted.append(submission)
+        if held:
+            self._retry_later(held)
         if stale:
             self.hooks.stale(stale)
         if halted:
@@ -286,6 +305,11 @@ class Dispatcher:
             answer.set_exception(JobBusy(submission.job.id, submission.job.max_instances))
         else:
             answer.set_exception(JobNotFound(submission.job.id))
+
+    def _retry_later(self, submissions: list[Submission]) -> None:
+        """Claim ``submissions`` again after :data:`RETRY_LOCKED`: their rows were held."""
+        for submission in submissions:
+            self._loop.call_later(RETRY_LOCKED, self._queue, submission)
 
     def _refuse(self, batch: Iterable[Submission], exc: Exception) -> None:
         for submission in batch:

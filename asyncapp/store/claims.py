@@ -6,7 +6,10 @@ job body may start.  One claim transaction takes a batch of due jobs
 while the previous batch was being written), and for each:
 
 - locks the job's row and checks the version the process fired from: a job
-  paused, removed or changed since is not run (the process reloads it);
+  paused, removed or changed since is not run (the process reloads it).  A
+  row another transaction holds is skipped (``SKIP LOCKED``; the dispatcher
+  tries it again shortly), so one held row delays its job, not the others;
+  a "run now" waits for it, bounded by the database's lock timeout;
 - checks the scheduler-wide state: paused or stopped means no claim;
 - drops times the database already accounts for (before its ``next_run_time``):
   another process handled them;
@@ -114,6 +117,8 @@ class Outcome:
     halted: bool = False
     #: A manual run was refused: the job's limit of runs at once is reached.
     busy: bool = False
+    #: Another transaction holds the job's row: nothing was claimed; try again shortly.
+    locked: bool = False
 
 
 class Reasons:
@@ -161,7 +166,13 @@ def claim(
     sql = statements(db.dialect)
     now = datetime.now(UTC)
     outcomes = [Outcome() for _ in batch]
-    rows = _lock_jobs(conn, sql, sorted({due.job_id for due in batch}))
+    # "Run now" waits for a job row another transaction holds (at most the
+    # database's lock timeout); a scheduled claim skips it and is tried again.
+    manual = sorted({due.job_id for due in batch if due.manual})
+    rows = _lock_jobs(conn, sql, manual)
+    scheduled = sorted({due.job_id for due in batch} - set(manual))
+    rows.update(_lock_jobs(conn, sql, scheduled, skip_locked=True))
+    locked = _held_elsewhere(conn, [job_id for job_id in scheduled if job_id not in rows])
     # Counted after the lock, in statements of their own: on PostgreSQL (READ
     # COMMITTED) a count inside the locking statement reads the snapshot taken
     # before the lock wait, and misses the run the lock holder just claimed.
@@ -180,6 +191,9 @@ def claim(
             outcome.missed.append(run)
 
     for due, outcome in zip(batch, outcomes, strict=True):
+        if due.job_id in locked:
+            outcome.locked = True
+            continue
         row = rows.get(due.job_id)
         if row is None or (row.version != due.version and not due.manual):
             outcome.stale = True
@@ -459,12 +473,24 @@ def _reap_one(
     return again, job
 
 
-def _lock_jobs(conn: Connection, sql: Statements, ids: list[str]) -> dict[str, Any]:
+def _lock_jobs(
+    conn: Connection, sql: Statements, ids: list[str], *, skip_locked: bool = False
+) -> dict[str, Any]:
+    """Lock and read the rows of ``ids`` (in id order); ``skip_locked``: leave out rows
+    another transaction holds rather than wait for them (PostgreSQL)."""
     rows: dict[str, Any] = {}
+    statement = sql.lock_skip if skip_locked else sql.lock
     for start in range(0, len(ids), CHUNK):
-        for found in conn.execute(sql.lock, {"ids": ids[start : start + CHUNK]}):
+        for found in conn.execute(statement, {"ids": ids[start : start + CHUNK]}):
             rows[found.id] = found
     return rows
+
+
+def _held_elsewhere(conn: Connection, ids: list[str]) -> set[str]:
+    """Of ``ids``, left out by a ``skip_locked`` lock, those that exist: locked, not gone."""
+    if not ids:
+        return set()
+    return set(conn.execute(select(jobs_table.c.id).where(jobs_table.c.id.in_(ids))).scalars())
 
 
 def _count_runs(
@@ -593,13 +619,15 @@ class Statements:
     more than the database work itself (2.5 ms of Python for a one-job claim
     on SQLite, on the database thread, holding the GIL the loop needs).  The
     job rows and the scheduler-wide state come in one statement; on PostgreSQL
-    it locks the job rows (``FOR UPDATE OF j``, in id order) and shares the
+    it locks the job rows (``FOR UPDATE OF j``, in id order; ``SKIP LOCKED``
+    for scheduled claims, so one held row delays its job only) and shares the
     scheduler row (``FOR SHARE OF s``: a scheduler pause waits for claims in
     flight, and claims after it see it).  Their runs in progress or waiting are
     counted by a second statement, after the lock (DESIGN.md fact 17).
     """
 
     lock: Any
+    lock_skip: Any
     count: Any
     insert: Any
     advance: Any
@@ -619,6 +647,7 @@ COUNT_RUNS = (
     "GROUP BY job_id"
 )
 POSTGRES_LOCKS = " FOR UPDATE OF j FOR SHARE OF s"
+POSTGRES_SKIP_LOCKED = " FOR UPDATE OF j SKIP LOCKED FOR SHARE OF s"
 
 #: Ends a run this process claimed, unless another process ended it meanwhile.
 END_RUN = (
@@ -643,8 +672,11 @@ END_RUN = (
 
 @functools.cache
 def statements(dialect: str) -> Statements:
-    lock_sql = LOCK_JOBS + POSTGRES_LOCKS if dialect == "postgresql" else LOCK_JOBS
-    lock = text(lock_sql).bindparams(bindparam("ids", expanding=True))
+    postgres = dialect == "postgresql"
+    lock = text(LOCK_JOBS + POSTGRES_LOCKS if postgres else LOCK_JOBS)
+    lock = lock.bindparams(bindparam("ids", expanding=True))
+    lock_skip = text(LOCK_JOBS + POSTGRES_SKIP_LOCKED if postgres else LOCK_JOBS)
+    lock_skip = lock_skip.bindparams(bindparam("ids", expanding=True))
     count = text(COUNT_RUNS).bindparams(bindparam("ids", expanding=True))
     dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     insert_runs = (
@@ -664,4 +696,4 @@ def statements(dialect: str) -> Statements:
     finish = delete(jobs_table).where(
         jobs_table.c.id == bindparam("b_job"), jobs_table.c.version == bindparam("b_version")
     )
-    return Statements(lock, count, insert_runs, advance, finish)
+    return Statements(lock, lock_skip, count, insert_runs, advance, finish)
