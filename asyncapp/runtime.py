@@ -225,6 +225,7 @@ class Runtime(Hooks):
             on_live=self._on_live,
             local_runs=self._local_runs,
             on_abandoned=self._abandon,
+            on_fenced=self._fenced,
         )
         await membership.join()
         stack.push_async_callback(membership.leave)
@@ -546,8 +547,20 @@ class Runtime(Hooks):
         return "other", f"task {task.get_name()}"
 
     def _local_runs(self) -> list[str]:
+        # Runs ended here whose end is still queued count as here: their end is
+        # written after (the write thread runs transactions in order of submission).
         dispatcher = self._parts.get("dispatcher")
-        return dispatcher.run_ids() if dispatcher is not None else []
+        recorder = self._parts.get("recorder")
+        running = dispatcher.run_ids() if dispatcher is not None else []
+        return running + (recorder.queued() if recorder is not None else [])
+
+    def _fenced(self, process_id: str) -> None:
+        dispatcher = self._parts.get("dispatcher")
+        if dispatcher is not None:
+            dispatcher.fence(process_id)
+        recorder = self._parts.get("recorder")
+        if recorder is not None:
+            recorder.process_id = process_id
 
     def _abandon(self, run_ids: list[str]) -> None:
         dispatcher = self._parts.get("dispatcher")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from sqlalchemy import create_engine, insert
 
+from asyncapp.store.tables import runs_table
 from tests.conftest import AUTH, Server, wait_until
 from tests.test_cluster import FAST, add, live, marks, rows, tick_job, whole_second
 
@@ -52,9 +55,10 @@ def test_kill_9_during_a_retry_backoff_is_reaped_and_rerun_while_heartbeats_go_o
     servers = [hypercorn_server(**env) for _ in range(2)]
     wait_until(lambda: len(live(servers[0])) == 2, what="two servers")
     path = tmp_path / "marks"
-    # Once an hour from a second from now: the job outlives its first run.
+    # Once an hour from a few seconds from now (time enough to add it, even on a
+    # busy machine): the job outlives its first run.
     body = {"id": "flaky", "func": "tests.jobs:mark_attempt", "args": [str(path)],
-            "trigger": "interval", "hours": 1, "start_date": whole_second(0.5).isoformat(),
+            "trigger": "interval", "hours": 1, "start_date": whole_second(3.0).isoformat(),
             "retries": 1, "rerun_interrupted": True}  # fmt: skip
     add(servers[0], body)
     first = wait_until(lambda: marks(path), what="the first attempt")
@@ -100,17 +104,14 @@ def test_kill_9_during_a_retry_backoff_is_reaped_and_rerun_while_heartbeats_go_o
 
 
 def spans(path: Path) -> list[tuple[float, float, int]]:
-    """(start, end, pid) of each run ``tests.jobs:span`` wrote; an open run ends at +inf."""
-    starts: dict[str, tuple[float, int]] = {}
-    ends: dict[str, float] = {}
+    """(start, end, pid) of each body ``tests.jobs:span`` ran (a run re-run by another
+    process is two bodies); a body still running ends at +inf."""
+    starts: dict[tuple[str, int], float] = {}
+    ends: dict[tuple[str, int], float] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
         phase, at, pid, run_id, _ = line.split(" ")
-        if phase == "start":
-            starts[run_id] = (float(at), int(pid))
-        else:
-            ends[run_id] = float(at)
-    return sorted((at, ends.get(run_id, float("inf")), pid)
-                  for run_id, (at, pid) in starts.items())  # fmt: skip
+        (starts if phase == "start" else ends)[run_id, int(pid)] = float(at)
+    return sorted((at, ends.get(key, float("inf")), key[1]) for key, at in starts.items())
 
 
 def most_at_once(found: list[tuple[float, float, int]]) -> int:
@@ -213,5 +214,143 @@ def test_a_row_lock_held_on_one_job_delays_that_job_only(
     wait_until(
         lambda: [m for m in marks(held_marks) if datetime.fromisoformat(m[0]) > released_at],
         what="the held job firing again once released",
+    )
+    assert server.stop() == 0
+
+
+# -- item 1: liveness that cannot be starved, and fencing ---------------------------
+
+
+def test_a_sqlite_write_lock_held_past_the_timeout_declares_no_one_dead(
+    hypercorn_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Before: once the lock was released, the first process to write judged the other
+    dead (its heartbeat was older than the timeout, as its own was), ended its run and
+    ran the ``max_instances: 1`` job again while the first body still ran."""
+    database = tmp_path / "pair.db"
+    url = f"sqlite:///{database}"
+    servers = [hypercorn_server(ASYNCAPP_DATABASE_URL=url, **FAST) for _ in range(2)]
+    wait_until(lambda: len(live(servers[0])) == 2, what="two servers")
+    ids = {p["id"] for p in live(servers[0])}
+    path = tmp_path / "spans"
+    body = {"id": "solo", "func": "tests.jobs:span", "args": [str(path), 3],
+            "trigger": "interval", "seconds": 1, "start_date": whole_second(0.5).isoformat(),
+            "max_instances": 1, "rerun_interrupted": True}  # fmt: skip
+    add(servers[0], body)
+    wait_until(lambda: spans(path), what="a first run")
+
+    # Another connection holds SQLite's write lock (a backup, a migration tool) until
+    # every process's heartbeat is older than the process timeout.
+    holder = sqlite3.connect(database, isolation_level=None, timeout=30)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        wait_until(
+            lambda: all(hb < time.time() - 3 for (hb,) in holder.execute(
+                "SELECT heartbeat_at FROM asyncapp_processes").fetchall()),
+            timeout=30,
+            what="every heartbeat older than the process timeout",
+        )  # fmt: skip
+        held_to = datetime.now(UTC)
+    finally:
+        holder.close()
+
+    # Both beat again, and the job goes on, one run at a time.
+    wait_until(
+        lambda: len([s for s in spans(path) if s[0] > held_to.timestamp()]) >= 2,
+        timeout=30,
+        what="two runs after the lock was released",
+    )
+    assert {p["id"] for p in live(servers[0])} == ids
+    for server in servers:
+        assert "presumed dead" not in server.output()
+        assert "stopped heartbeating" not in server.output()
+    found = spans(path)
+    assert most_at_once(found) == 1, found
+    statuses = rows(url, "SELECT status FROM asyncapp_runs WHERE job_id = 'solo'")
+    assert "interrupted" not in {r.status for r in statuses}
+    for server in servers:
+        assert server.stop() == 0
+
+
+def test_a_process_presumed_dead_abandons_its_runs_and_rejoins_as_a_new_incarnation(
+    hypercorn_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Before: it registered again under its old id, so its run (re-run by the others)
+    still counted as its own, and it went on running it beside the re-run."""
+    url = f"sqlite:///{tmp_path / 'pair.db'}"
+    servers = [hypercorn_server(ASYNCAPP_DATABASE_URL=url, **FAST) for _ in range(2)]
+    wait_until(lambda: len(live(servers[0])) == 2, what="two servers")
+    path = tmp_path / "spans"
+    body = {"id": "long", "func": "tests.jobs:span", "args": [str(path), 60],
+            "trigger": "interval", "hours": 1, "start_date": whole_second(3.0).isoformat(),
+            "rerun_interrupted": True}  # fmt: skip
+    add(servers[0], body)
+    (first,) = wait_until(lambda: spans(path), what="the run")
+    frozen = next(s for s in servers if s.process.pid == first[2])
+    other = next(s for s in servers if s is not frozen)
+    old_id = next(p["id"] for p in live(other) if p["pid"] == frozen.process.pid)
+    frozen.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: [s for s in spans(path) if s[2] == other.process.pid],
+            timeout=20,
+            what="the other server re-running the run",
+        )
+    finally:
+        frozen.process.send_signal(signal.SIGCONT)
+    frozen.wait_for("presumed dead", timeout=15)
+    # Its body is cancelled (an end line), and it rejoins under a new id.
+    wait_until(lambda: spans(path)[0][2] == frozen.process.pid and spans(path)[0][1] < float("inf"),
+               what="the frozen copy cancelled")  # fmt: skip
+    rejoined = wait_until(
+        lambda: [p["id"] for p in live(other) if p["pid"] == frozen.process.pid],
+        what="the frozen process back in the live list",
+    )
+    assert rejoined != [old_id]
+    assert "abandoning 1 runs" in frozen.output()
+    running = [s for s in spans(path) if s[1] == float("inf")]
+    assert [s[2] for s in running] == [other.process.pid]
+    for server in servers:
+        assert server.stop() == 0
+
+
+# -- item 4: own rows reconciled ----------------------------------------------------
+
+
+def test_a_running_row_of_this_process_with_no_task_here_is_interrupted(
+    hypercorn_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Before: it stayed ``running`` until the process exited, and its job's every
+    time was missed as ``overlap``."""
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    server = hypercorn_server(ASYNCAPP_DATABASE_URL=url, **FAST)
+    path = tmp_path / "marks"
+    add(server, tick_job("tick", path, whole_second(0.5), None))
+    wait_until(lambda: marks(path), what="a first run")
+    (process_id,) = [p["id"] for p in live(server)]
+    # What a claim whose commit was reported as failed, though it succeeded, leaves:
+    # a run of this process, in progress by the ledger, that no task here runs.
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(runs_table).values(
+                id="stray", job_id="tick", scheduled_for=datetime(2026, 1, 1, tzinfo=UTC),
+                started_at=datetime.now(UTC) - timedelta(seconds=30), status="running",
+                node="n", process_id=process_id, attempt=1,
+            )
+        )  # fmt: skip
+    engine.dispose()
+    added = datetime.now(UTC)
+    ended = wait_until(
+        lambda: rows(url, "SELECT * FROM asyncapp_runs WHERE id = 'stray' "
+                     "AND status = 'interrupted'"),
+        timeout=15,
+        what="the stray run interrupted",
+    )  # fmt: skip
+    assert ended
+    # The job is not blocked: it fires again.
+    wait_until(
+        lambda: [m for m in marks(path) if datetime.fromisoformat(m[0]) > added],
+        what="the job firing after the stray run",
     )
     assert server.stop() == 0

@@ -54,6 +54,7 @@ from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run, utcnow
 from asyncapp.store.claims import Due, Outcome, Reasons, claim
 from asyncapp.store.database import Database
+from asyncapp.store.processes import registered
 
 log = logging.getLogger("asyncapp.run")
 
@@ -202,14 +203,18 @@ class Dispatcher:
         recorder = self.runner.recorder
         write_results = recorder.take()
 
-        def transaction(conn: Connection) -> tuple[list[Run], list[Outcome]]:
+        process_id = self.process_id
+
+        def transaction(conn: Connection) -> tuple[list[Run], list[Outcome] | None]:
             promoted = write_results(conn)
+            if not registered(conn, self.db, process_id):
+                return promoted, None  # presumed dead: fenced until it rejoins
             outcomes = claim(
                 self.db,
                 conn,
                 dues,
                 node=self.node,
-                process_id=self.process_id,
+                process_id=process_id,
                 reasons=self.reasons,
             )
             return promoted, outcomes
@@ -233,6 +238,11 @@ class Dispatcher:
             self.hooks.database_down([s for s in batch if s.answer is None])
             return
         recorder.taken(promoted)
+        if outcomes is None:
+            log.warning("claimed nothing: this process is presumed dead until it rejoins")
+            self._refuse(batch, DatabaseUnavailable("presumed dead", busy=True))
+            self._retry_later([s for s in batch if s.answer is None])
+            return
         stale: set[str] = set()
         halted: list[Submission] = []
         starts: list[tuple[list[Run], JobDef, Callable[..., Any]]] = []
@@ -339,6 +349,22 @@ class Dispatcher:
                 )
                 continue
             self.start_runs([run], *found)
+
+    def fence(self, process_id: str) -> None:
+        """This process was presumed dead: abandon every run it has, claim as ``process_id``.
+
+        The others ended its runs (``interrupted``) and may run them again; their
+        bodies here are cancelled, and their ends will not be recorded.
+        """
+        run_ids = self.run_ids()
+        if run_ids:
+            log.error(
+                "abandoning %d runs claimed before this process was presumed dead: %s",
+                len(run_ids),
+                ", ".join(run_ids[:20]),
+            )
+        self.process_id = process_id
+        self.abandon(run_ids)
 
     def abandon(self, run_ids: list[str]) -> None:
         """Stop runs that another process ended (cancelled, or took over), recording nothing."""

@@ -74,6 +74,10 @@ class Recorder:
         """Run results not written yet."""
         return len(self._pending) + len(self._writing)
 
+    def queued(self) -> list[str]:
+        """Ids of the runs whose end is queued, not yet handed to a transaction."""
+        return [run.id for run in self._pending]
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="asyncapp-recorder")
 

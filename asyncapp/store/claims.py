@@ -297,7 +297,7 @@ def end_runs(
         [
             {
                 "b_id": run.id,
-                "b_process": process_id,
+                "b_process": run.process_id or process_id,
                 "status": run.status,
                 "started_at": run.started_at,
                 "ended_at": run.ended_at,
@@ -329,7 +329,7 @@ def record_attempts(
             update(runs_table)
             .where(
                 runs_table.c.id == row["run_id"],
-                runs_table.c.process_id == process_id,
+                runs_table.c.process_id == (row["process_id"] or process_id),
                 runs_table.c.status == RUNNING,
                 runs_table.c.attempt <= row["attempt"],
             )
@@ -409,6 +409,41 @@ def reap(
     mine = [job_id for job_id in job_ids if job_id in jobs and can_run(jobs[job_id])]
     starts.extend((run, jobs[run.job_id]) for run in _promote(conn, mine, process_id, node))
     return starts
+
+
+def interrupt_strays(
+    conn: Connection, process_id: str, running_here: Iterable[str], claimed_before: datetime
+) -> list[str]:
+    """End as interrupted the runs ``process_id`` claimed before ``claimed_before`` that
+    it does not run (not in ``running_here``); returns their ids.
+
+    Such a run never started, or its start was lost: a claim whose commit was
+    reported as failed although it succeeded.  Left ``running``, it would count
+    against the job's ``max_instances`` until this process exits.
+    """
+    here = set(running_here)
+    strays = [
+        run_id
+        for run_id in conn.execute(
+            select(runs_table.c.id).where(
+                runs_table.c.process_id == process_id,
+                runs_table.c.status == RUNNING,
+                runs_table.c.started_at < claimed_before,
+            )
+        ).scalars()
+        if run_id not in here
+    ]
+    if strays:
+        conn.execute(
+            update(runs_table)
+            .where(runs_table.c.id.in_(strays), runs_table.c.status == RUNNING)
+            .values(
+                status=INTERRUPTED,
+                ended_at=datetime.now(UTC),
+                error_message="its process was not running it (its start was lost)",
+            )
+        )
+    return strays
 
 
 def _reap_one(

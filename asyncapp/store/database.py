@@ -1,12 +1,13 @@
 """The database: one engine, two threads that do all its I/O, and fault translation.
 
-SQLAlchemy's sync engine is used from two dedicated threads, never from the
+SQLAlchemy's sync engine is used from three dedicated threads, never from the
 event loop: APScheduler's ``SQLAlchemyJobStore`` committing on the loop
 thread measured 109 ms p99 loop lag at 200 jobs/s.  The *write* thread runs
 every transaction that changes something (claims, job changes, run records,
-heartbeats), one at a time, which is also what SQLite wants; the *read*
+reaping), one at a time, which is also what SQLite wants; the *read*
 thread serves the API's and dashboard's queries, so listing 10,000 jobs does
-not delay a claim.
+not delay a claim; the *heartbeat* thread, with its own connection, writes
+only this process's heartbeat, so liveness never waits behind claims.
 
 Every transaction commits before its ``await`` returns: there is no
 write-behind.  A driver error meaning "the database is not there or will not
@@ -78,6 +79,7 @@ class Database:
         self._write_engine: Engine | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncapp-db-write")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncapp-db-read")
+        self._beater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncapp-db-beat")
         #: Monotonic time of the first failure of the current outage, None while healthy.
         self.down_since: float | None = None
         self.last_error = ""
@@ -102,6 +104,7 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.engine.dispose)
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
+        self._beater.shutdown(wait=True)
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` in one write transaction on the write thread; committed on return.
@@ -110,6 +113,15 @@ class Database:
             (the transaction is rolled back).
         """
         return await self._submit(self._writer, self.write_now, fn)
+
+    async def beat(self, fn: Callable[[Connection], T]) -> T:
+        """:meth:`write`, on the heartbeat thread and its own connection.
+
+        Liveness must not wait behind claims and results on the write thread.
+
+        :raises DatabaseUnavailable: if the database is away or refuses the write.
+        """
+        return await self._submit(self._beater, self.write_now, fn)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` in a read-only transaction on the read thread.
@@ -143,7 +155,7 @@ class Database:
             raise
         # Only a write ends an outage: a read-only or immutable SQLite file still
         # answers reads (the readiness ping, the change feed) while refusing every write.
-        if self.down_since is not None and pool is self._writer:
+        if self.down_since is not None and pool is not self._reader:
             log.warning(
                 "the database answers again after %.1f s", time.monotonic() - self.down_since
             )
@@ -170,8 +182,8 @@ class Database:
             engine = create_engine(
                 self.url,
                 pool_pre_ping=True,
-                # One connection per database thread, one for the migration lock.
-                pool_size=2,
+                # One connection per database thread (write, read, heartbeat), one spare.
+                pool_size=3,
                 max_overflow=2,
                 connect_args=connect_args,
             )
