@@ -1,4 +1,4 @@
-"""The database: one engine, two threads that do all its I/O, and fault translation.
+"""The database: one engine, three threads that do all its I/O, and fault translation.
 
 SQLAlchemy's sync engine is used from three dedicated threads, never from the
 event loop: APScheduler's ``SQLAlchemyJobStore`` committing on the loop
