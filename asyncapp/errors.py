@@ -107,14 +107,19 @@ class DatabaseUnavailable(AsyncAppError, ConnectionError):
     """The database could not be reached or refused the transaction; nothing was applied.
 
     ``detail`` is the driver's one-line reason, for logs only: it may name hosts
-    and files, so it is never shown to API clients.
+    and files, so it is never shown to API clients.  ``busy``: a lock wait timed
+    out (another transaction holds the row, or SQLite's write lock); the database
+    answers, so it is not an outage.
     """
 
     #: Seconds a client should wait before retrying (the API's Retry-After).
     retry_after = 5
 
-    def __init__(self, detail: str = "") -> None:
+    def __init__(self, detail: str = "", *, busy: bool = False) -> None:
         self.detail = detail
+        self.busy = busy
+        if busy:
+            self.retry_after = 1
         super().__init__("the database is unavailable; nothing was changed, try again shortly")
 
 

@@ -64,7 +64,7 @@ from asyncapp.service.validation import parse_job_create
 from asyncapp.settings import Settings
 from asyncapp.store import requests
 from asyncapp.store.claims import Reasons
-from asyncapp.store.database import Database
+from asyncapp.store.database import Database, bounded_waits
 from asyncapp.store.jobs import JobStore
 from asyncapp.store.processes import Process
 from asyncapp.store.runs import prune
@@ -231,7 +231,7 @@ class Runtime:
 
     async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, **bounded_waits(settings.process_timeout))
         stack.push_async_callback(db.close)
         await db.open()
 
@@ -249,6 +249,7 @@ class Runtime:
             on_live=self._on_live,
             local_runs=self._local_runs,
             on_abandoned=self._abandon,
+            on_fenced=self._fenced,
         )
         recorder = Recorder(db, membership.id)
         runner = Runner(recorder, settings, self._job_context)
@@ -475,7 +476,16 @@ class Runtime:
         return "other", f"task {task.get_name()}"
 
     def _local_runs(self) -> list[str]:
-        return self._parts.dispatcher.run_ids() if self._parts is not None else []
+        # Runs ended here whose end is still queued count as here: their end is
+        # written after (the write thread runs transactions in order of submission).
+        if self._parts is None:
+            return []
+        return self._parts.dispatcher.run_ids() + self._parts.recorder.queued()
+
+    def _fenced(self, process_id: str) -> None:
+        if self._parts is not None:
+            self._parts.dispatcher.fence(process_id)
+            self._parts.recorder.process_id = process_id
 
     def _abandon(self, run_ids: list[str]) -> None:
         if self._parts is not None:
@@ -578,7 +588,7 @@ async def offline_service(
 
     ``writes=False`` opens the database without upgrading its schema.
     """
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, **bounded_waits(settings.process_timeout))
     try:
         await db.open(migrate=writes)
         _import_job_modules(settings.job_modules)

@@ -244,3 +244,22 @@ async def span(path: str, seconds: float) -> None:
         await asyncio.sleep(seconds)
     finally:
         write("end")
+
+
+@task
+async def mark_attempt(path: str, failing: int = 1, seconds: float = 0) -> None:
+    """Like ``mark``, labelled ``attempt<n>``; attempts up to ``failing`` then raise.
+
+    The line is written before anything else, so it is the attempt's ground truth.
+    """
+    run = current_run()
+    line = f"{run.scheduled_for.isoformat()} {os.getpid()} {run.run_id} attempt{run.attempt}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    if seconds:
+        await asyncio.sleep(seconds)
+    if run.attempt <= failing:
+        raise ConnectionError(f"attempt {run.attempt} failed")

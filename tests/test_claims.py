@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from asyncapp.constants import (
     COALESCED,
@@ -132,13 +132,16 @@ async def test_racing_processes_win_every_key_exactly_once(url: str, db: Databas
                     misfire_grace_time=3600, coalesce=False)
                 for job in jobs
             ]  # fmt: skip
-            outcomes = database.write_now(
-                lambda conn, b=batch: claim(
-                    database, conn, b, node=process, process_id=process, reasons=reasons
+            while batch:
+                outcomes = database.write_now(
+                    lambda conn, b=batch: claim(
+                        database, conn, b, node=process, process_id=process, reasons=reasons
+                    )
                 )
-            )
-            with lock:
-                won.extend(run for outcome in outcomes for run in outcome.won + outcome.missed)
+                with lock:
+                    won.extend(run for outcome in outcomes for run in outcome.won + outcome.missed)
+                # Rows another process held were skipped: tried again, as the dispatcher does.
+                batch = [d for d, o in zip(batch, outcomes, strict=True) if o.locked]
 
     try:
         threads = [
@@ -293,6 +296,43 @@ async def test_runs_of_a_dead_process_are_interrupted_or_rerun(db: Database) -> 
     assert [(a.run_id, a.attempt, a.status) for a in earlier] == [
         (rows["again"].id, 1, INTERRUPTED)
     ]
+
+
+async def test_an_orphan_that_cannot_be_reaped_does_not_stop_the_others(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: one failing orphan rolled back the whole reaping (and the heartbeat
+    around it), in every process, at every beat."""
+    bad = await add_job(db, "bad")
+    good = await add_job(db, "good")
+    again = await add_job(db, "again", rerun_interrupted=True)
+    await run_claim(db, [due(bad, NOW), due(good, NOW), due(again, NOW)], "dead")
+    # A real database error on one row only: a trigger refusing its update.
+    if db.is_postgres:
+        poison = [
+            "CREATE FUNCTION poisoned() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF OLD.job_id = 'bad' THEN RAISE EXCEPTION 'poisoned row'; END IF; "
+            "RETURN NEW; END $$",
+            "CREATE TRIGGER poisoned BEFORE UPDATE ON asyncapp_runs "
+            "FOR EACH ROW EXECUTE FUNCTION poisoned()",
+        ]
+    else:
+        poison = [
+            "CREATE TRIGGER poisoned BEFORE UPDATE ON asyncapp_runs WHEN OLD.job_id = 'bad' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+        ]
+    await db.write(lambda conn: [conn.execute(text(sql)) for sql in poison])
+
+    reruns = await db.write(
+        lambda conn: reap(conn, db, node="live", process_id="p2", can_run=lambda job: True)
+    )
+    assert [(run.job_id, run.attempt) for run, _ in reruns] == [("again", 2)]
+    rows = {row.job_id: row for row in await ledger(db)}
+    assert {job: row.status for job, row in rows.items()} == {
+        "bad": RUNNING, "good": INTERRUPTED, "again": RUNNING,
+    }  # fmt: skip
+    assert rows["again"].process_id == "p2"
+    assert f"reaping run {rows['bad'].id} of job bad failed" in caplog.text
 
 
 async def test_runs_of_a_live_process_are_left_alone(db: Database) -> None:

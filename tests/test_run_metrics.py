@@ -4,6 +4,7 @@ the reaping of a dead process's runs, or the drain at shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -72,7 +73,9 @@ async def test_runs_of_a_dead_process_reaped_here_are_counted(
     make_app: Callable[..., Flask],
 ) -> None:
     jobs.reset()
-    app = make_app()
+    # A process reaps others only once its own heartbeat has been current for a
+    # whole process timeout: a short one keeps the test short.
+    app = make_app(process_timeout=1, heartbeat_interval=0.1)
     runtime: Runtime = app.extensions["asyncapp"].runtime
     before = counted(HOLD)
     async with serve(app) as client:
@@ -86,8 +89,12 @@ async def test_runs_of_a_dead_process_reaped_here_are_counted(
                 )
             )
         )
-        await runtime.membership.beat()  # finds the run of a process with no heartbeat row
-        await runtime.membership.beat()  # a second look finds nothing more to end
+        # The heartbeat's watch finds the run of a process with no heartbeat row.
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await history(client, "orphan"):
+            assert asyncio.get_running_loop().time() < deadline, "the orphan was not reaped"
+            await asyncio.sleep(0.1)  # the watch runs every heartbeat interval
+        await runtime.membership.watch()  # a second look finds nothing more to end
         kept = await history(client, "orphan")
     assert kept == Counter({"interrupted": 1})
     assert counted(HOLD) - before == kept

@@ -5,6 +5,7 @@ at once, drain, and what its owner is told when a claim cannot be made."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,7 @@ from asyncapp.settings import Settings
 from asyncapp.store.claims import Due, Reasons
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import JobStore
-from asyncapp.store.tables import runs_table
+from asyncapp.store.tables import processes_table, runs_table
 from tests.unit_parts import insert, job, on_grid, tick
 
 T = TypeVar("T")
@@ -149,6 +150,16 @@ def dispatcher(
     **settings: Any,
 ) -> tuple[Dispatcher, FakeRunner]:
     runner = FakeRunner(Recorder(db, process), Settings(**settings))
+    # Claims are fenced: only a process with its row in asyncapp_processes may claim.
+    if db.engine is not None:
+        db.write_now(
+            lambda conn: conn.execute(
+                db.insert_ignoring_conflicts(processes_table, "id").values(
+                    id=process, node=f"node-{process}", host="test", pid=0, role="server",
+                    started_at=0.0, heartbeat_at=time.time(), version="0", info="{}",
+                )
+            )
+        )  # fmt: skip
     one = Dispatcher(
         db,
         runner,  # type: ignore[arg-type]

@@ -9,6 +9,11 @@ transaction (one commit for a batch instead of one per job: on this
 machine's PostgreSQL, 2.75k single-key claims/s against 27k keys/s in
 batches of 100).
 
+A job row that another transaction holds (a process frozen inside its claim,
+an operator's open transaction) delays that job only: the claim skips it
+(``SKIP LOCKED``) and tries it again after :data:`RETRY_LOCKED`; a claim
+whose lock wait timed out is retried the same way, not taken for an outage.
+
 Spreading runs over processes: every process fires every job, and the claim
 decides; but a process that claims a batch of 2000 due jobs first would win
 them all.  So each process claims at once only the jobs it *prefers* (a hash
@@ -49,6 +54,7 @@ from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run, utcnow
 from asyncapp.store.claims import Due, Outcome, Reasons, claim
 from asyncapp.store.database import Database
+from asyncapp.store.processes import registered
 
 log = logging.getLogger("asyncapp.run")
 
@@ -56,6 +62,9 @@ log = logging.getLogger("asyncapp.run")
 WAVE = 32
 #: Seconds a process waits before claiming jobs another live process prefers.
 SPREAD_DELAY = 0.25
+#: Seconds before a claim is tried again when its job's row (or SQLite's write
+#: lock) was held by another transaction.
+RETRY_LOCKED = 0.5
 
 
 @dataclass(eq=False)
@@ -212,14 +221,18 @@ class Dispatcher:
         recorder = self.runner.recorder
         results = recorder.take()
 
-        def transaction(conn: Connection) -> tuple[list[Run], list[Outcome]]:
+        process_id = self.process_id
+
+        def transaction(conn: Connection) -> tuple[list[Run], list[Outcome] | None]:
             promoted = results(conn)
+            if not registered(conn, self.db, process_id):
+                return promoted, None  # presumed dead: fenced until it rejoins
             outcomes = claim(
                 self.db,
                 conn,
                 dues,
                 node=self.node,
-                process_id=self.process_id,
+                process_id=process_id,
                 reasons=self.reasons,
             )
             return promoted, outcomes
@@ -229,7 +242,12 @@ class Dispatcher:
         except DatabaseUnavailable as exc:
             recorder.untake(results)
             self._refuse(batch, exc)
-            self.hooks.database_down([s for s in batch if s.answer is None])
+            scheduled = [s for s in batch if s.answer is None]
+            if exc.busy:
+                # A lock wait timed out: the database answers; try these again soon.
+                self._retry_later(scheduled)
+            else:
+                self.hooks.database_down(scheduled)
             return
         except Exception as exc:
             recorder.untake(results)
@@ -240,15 +258,26 @@ class Dispatcher:
         recorder.taken(results)
         if promoted:
             self.start_promoted(promoted)
+        if outcomes is None:
+            log.warning("claimed nothing: this process is presumed dead until it rejoins")
+            self._refuse(batch, DatabaseUnavailable("presumed dead", busy=True))
+            self._retry_later([s for s in batch if s.answer is None])
+            return
         stale: set[str] = set()
         halted: list[Submission] = []
         starts: list[tuple[list[Run], JobDef, Callable[..., Any]]] = []
+        held: list[Submission] = []
         for submission, outcome in zip(batch, outcomes, strict=True):
+            if outcome.locked:
+                held.append(submission)
+                continue
             self._settle(submission, outcome, starts)
             if outcome.stale:
                 stale.add(submission.job.id)
             if outcome.halted:
                 halted.append(submission)
+        if held:
+            self._retry_later(held)
         if stale:
             self.hooks.stale(stale)
         if halted:
@@ -324,6 +353,11 @@ class Dispatcher:
         else:
             answer.set_exception(JobNotFound(submission.job.id))
 
+    def _retry_later(self, submissions: list[Submission]) -> None:
+        """Claim ``submissions`` again after :data:`RETRY_LOCKED`: their rows were held."""
+        for submission in submissions:
+            self._loop.call_later(RETRY_LOCKED, self._queue, submission)
+
     def _refuse(self, batch: Iterable[Submission], exc: Exception) -> None:
         for submission in batch:
             if submission.answer is not None and not submission.answer.done():
@@ -358,6 +392,22 @@ class Dispatcher:
                 )
                 continue
             self.start_runs([run], *found)
+
+    def fence(self, process_id: str) -> None:
+        """This process was presumed dead: abandon every run it has, claim as ``process_id``.
+
+        The others ended its runs (``interrupted``) and may run them again; their
+        bodies here are cancelled, and their ends will not be recorded.
+        """
+        run_ids = self.run_ids()
+        if run_ids:
+            log.error(
+                "abandoning %d runs claimed before this process was presumed dead: %s",
+                len(run_ids),
+                ", ".join(run_ids[:20]),
+            )
+        self.process_id = process_id
+        self.abandon(run_ids)
 
     def abandon(self, run_ids: list[str]) -> None:
         """Stop runs that another process ended (cancelled, or took over), recording nothing."""

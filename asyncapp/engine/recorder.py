@@ -28,15 +28,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
 from asyncapp import metrics
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.model.run import Run
-from asyncapp.store.claims import end_runs, kept_ends
+from asyncapp.store.claims import end_runs, kept_ends, record_attempts
 from asyncapp.store.database import Database
-from asyncapp.store.tables import attempts_table
 
 log = logging.getLogger("asyncapp.run")
 
@@ -96,6 +94,10 @@ class Recorder:
     def pending(self) -> int:
         """Run results not written yet."""
         return len(self._pending) + len(self._writing)
+
+    def queued(self) -> list[str]:
+        """Ids of the runs whose end is queued, not yet handed to a transaction."""
+        return [run.id for run in self._pending]
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="asyncapp-recorder")
@@ -236,7 +238,7 @@ class Recorder:
 
     def _write(self, conn: Connection, batch: Batch) -> list[Run]:
         if batch.attempts:
-            conn.execute(insert(attempts_table), batch.attempts)
+            record_attempts(conn, self.db, batch.attempts, self.process_id)
         runs = batch.runs
         if not runs and not batch.buffered:
             return []

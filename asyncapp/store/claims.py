@@ -6,7 +6,10 @@ job body may start.  One claim transaction takes a batch of due jobs
 while the previous batch was being written), and for each:
 
 - locks the job's row and checks the version the process fired from: a job
-  paused, removed or changed since is not run (the process reloads it);
+  paused, removed or changed since is not run (the process reloads it).  A
+  row another transaction holds is skipped (``SKIP LOCKED``; the dispatcher
+  tries it again shortly), so one held row delays its job, not the others;
+  a "run now" waits for it, bounded by the database's lock timeout;
 - checks the scheduler-wide state: paused or stopped means no claim;
 - drops times the database already accounts for (before its ``next_run_time``):
   another process handled them;
@@ -32,13 +35,14 @@ only check the job's limit of runs at once.
 from __future__ import annotations
 
 import functools
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -67,6 +71,8 @@ from asyncapp.store.database import Database
 from asyncapp.store.jobs import load
 from asyncapp.store.runs import get_run
 from asyncapp.store.tables import attempts_table, jobs_table, processes_table, runs_table
+
+log = logging.getLogger("asyncapp.cluster")
 
 #: Times closer than this to the stored next run time count as that time
 #: (the stored value is a float of epoch seconds).
@@ -118,6 +124,8 @@ class Outcome:
     replayed: Run | None = None
     #: A manual run was refused: the job's limit of runs at once is reached.
     busy: bool = False
+    #: Another transaction holds the job's row: nothing was claimed; try again shortly.
+    locked: bool = False
 
 
 class Reasons:
@@ -172,9 +180,17 @@ def claim(
     sql = statements(db.dialect)
     now = datetime.now(UTC)
     outcomes = [Outcome() for _ in batch]
-    rows = _lock_jobs(conn, sql, sorted({due.job_id for due in batch}))
-    running = {job_id: row.running for job_id, row in rows.items()}
-    waiting = {job_id: row.waiting for job_id, row in rows.items()}
+    # "Run now" waits for a job row another transaction holds (at most the
+    # database's lock timeout); a scheduled claim skips it and is tried again.
+    manual = sorted({due.job_id for due in batch if due.manual})
+    rows = _lock_jobs(conn, sql, manual)
+    scheduled = sorted({due.job_id for due in batch} - set(manual))
+    rows.update(_lock_jobs(conn, sql, scheduled, skip_locked=True))
+    locked = _held_elsewhere(conn, [job_id for job_id in scheduled if job_id not in rows])
+    # Counted after the lock, in statements of their own: on PostgreSQL (READ
+    # COMMITTED) a count inside the locking statement reads the snapshot taken
+    # before the lock wait, and misses the run the lock holder just claimed.
+    running, waiting = _count_runs(conn, sql, list(rows))
     records: list[Run] = []
     advances: list[dict[str, Any]] = []
     finished: list[dict[str, Any]] = []
@@ -189,6 +205,9 @@ def claim(
             outcome.missed.append(run)
 
     for due, outcome in zip(batch, outcomes, strict=True):
+        if due.job_id in locked:
+            outcome.locked = True
+            continue
         row = rows.get(due.job_id)
         if row is None or (row.version != due.version and not due.manual):
             outcome.stale = True
@@ -299,7 +318,7 @@ def end_runs(
         [
             {
                 "b_id": run.id,
-                "b_process": process_id,
+                "b_process": run.process_id or process_id,
                 "status": run.status,
                 "started_at": run.started_at,
                 "ended_at": run.ended_at,
@@ -330,6 +349,35 @@ def kept_ends(conn: Connection, ended: list[Run]) -> list[Run]:
     return [run for run in ended if held.get(run.id) == (run.status, run.ended_at)]
 
 
+def record_attempts(
+    conn: Connection, db: Database, attempts: list[dict[str, Any]], process_id: str
+) -> int:
+    """Keep failed attempts of runs this process still runs; returns how many were kept.
+
+    The run's row moves on to the next attempt with each kept one, so its
+    ``attempt`` always follows the attempts kept (the reaper numbers from both).
+    An attempt of a run another process ended or took over (this one was
+    presumed dead) is not kept: that process numbers the attempts from then on.
+    """
+    keep = db.insert_ignoring_conflicts(attempts_table, "run_id", "attempt")
+    kept = 0
+    for row in attempts:
+        moved = conn.execute(
+            update(runs_table)
+            .where(
+                runs_table.c.id == row["run_id"],
+                runs_table.c.process_id == (row["process_id"] or process_id),
+                runs_table.c.status == RUNNING,
+                runs_table.c.attempt <= row["attempt"],
+            )
+            .values(attempt=row["attempt"] + 1)
+        )
+        if moved.rowcount:
+            conn.execute(keep.values(**row))
+            kept += 1
+    return kept
+
+
 def reap(
     conn: Connection,
     db: Database,
@@ -352,6 +400,11 @@ def reap(
     ``asyncapp_attempts``).  A run that waited for an orphan (``buffer_one``)
     is started by this process too.  Each orphan is ended by one process only:
     the update is conditional on the run still being in progress.
+
+    The interrupted attempt is numbered after the attempts already kept (a dead
+    process may have kept a failed attempt and died in the retry's backoff), and
+    each orphan is reaped under its own savepoint: one that fails is logged and
+    left, and cannot roll back the others or the caller's transaction.
     """
     live = select(processes_table.c.id)
     orphans = conn.execute(
@@ -380,61 +433,156 @@ def reap(
     ).all():
         if orphan.status == WAITING:
             continue  # started below, once the runs it waits for are ended
-        job = jobs.get(orphan.job_id)
-        verdict = {
-            "status": INTERRUPTED,
-            "ended_at": now,
-            "error_type": None,
-            "error_message": f"process {orphan.node} stopped responding while it ran",
-        }
-        if job is None or not job.rerun_interrupted or not can_run(job):
-            conn.execute(update(runs_table).where(runs_table.c.id == orphan.id).values(**verdict))
-            if ended is not None:
-                ended.append(job.func if job is not None else UNKNOWN_FUNC)
+        # One savepoint per orphan: a row that cannot be reaped is logged and left,
+        # and the others (and the caller's transaction) go on.
+        try:
+            with conn.begin_nested():
+                again = _reap_one(
+                    conn, orphan, jobs.get(orphan.job_id), now, node, process_id, can_run
+                )
+        except Exception:
+            log.exception(
+                "reaping run %s of job %s failed; it is left as it is", orphan.id, orphan.job_id
+            )
             continue
-        conn.execute(
-            insert(attempts_table).values(
-                run_id=orphan.id,
-                attempt=orphan.attempt,
-                started_at=orphan.started_at,
-                node=orphan.node,
-                process_id=orphan.process_id,
-                **verdict,
-            )
-        )
-        again = Run(
-            id=orphan.id,
-            job_id=orphan.job_id,
-            scheduled_for=as_utc(orphan.scheduled_for),
-            node=node,
-            process_id=process_id,
-            started_at=now,
-            attempt=orphan.attempt + 1,
-        )
-        conn.execute(
-            update(runs_table)
-            .where(runs_table.c.id == orphan.id)
-            .values(
-                node=node,
-                process_id=process_id,
-                started_at=now,
-                attempt=again.attempt,
-                error_type=None,
-                error_message=None,
-            )
-        )
-        starts.append((again, job))
+        if again is not None:
+            starts.append(again)
+        elif ended is not None:
+            job = jobs.get(orphan.job_id)
+            ended.append(job.func if job is not None else UNKNOWN_FUNC)
     mine = [job_id for job_id in job_ids if job_id in jobs and can_run(jobs[job_id])]
     starts.extend((run, jobs[run.job_id]) for run in _promote(conn, mine, process_id, node))
     return starts
 
 
-def _lock_jobs(conn: Connection, sql: Statements, ids: list[str]) -> dict[str, Any]:
+def interrupt_strays(
+    conn: Connection, process_id: str, running_here: Iterable[str], claimed_before: datetime
+) -> list[str]:
+    """End as interrupted the runs ``process_id`` claimed before ``claimed_before`` that
+    it does not run (not in ``running_here``); returns their ids.
+
+    Such a run never started, or its start was lost: a claim whose commit was
+    reported as failed although it succeeded.  Left ``running``, it would count
+    against the job's ``max_instances`` until this process exits.
+    """
+    here = set(running_here)
+    strays = [
+        run_id
+        for run_id in conn.execute(
+            select(runs_table.c.id).where(
+                runs_table.c.process_id == process_id,
+                runs_table.c.status == RUNNING,
+                runs_table.c.started_at < claimed_before,
+            )
+        ).scalars()
+        if run_id not in here
+    ]
+    if strays:
+        conn.execute(
+            update(runs_table)
+            .where(runs_table.c.id.in_(strays), runs_table.c.status == RUNNING)
+            .values(
+                status=INTERRUPTED,
+                ended_at=datetime.now(UTC),
+                error_message="its process was not running it (its start was lost)",
+            )
+        )
+    return strays
+
+
+def _reap_one(
+    conn: Connection,
+    orphan: Any,
+    job: JobDef | None,
+    now: datetime,
+    node: str,
+    process_id: str,
+    can_run: Callable[[JobDef], bool],
+) -> tuple[Run, JobDef] | None:
+    """End one orphaned run as interrupted; claim it again as ``process_id`` if its job asks."""
+    # The interrupted attempt is numbered after every attempt already kept: the dead
+    # process may have recorded a failed attempt (a retry in backoff) that its run
+    # row does not show yet.
+    kept = conn.execute(
+        select(func.max(attempts_table.c.attempt)).where(attempts_table.c.run_id == orphan.id)
+    ).scalar()
+    attempt = max(orphan.attempt, (kept or 0) + 1)
+    ended = {
+        "status": INTERRUPTED,
+        "ended_at": now,
+        "error_type": None,
+        "error_message": f"process {orphan.node} stopped responding while it ran",
+    }
+    if job is None or not job.rerun_interrupted or not can_run(job):
+        conn.execute(
+            update(runs_table).where(runs_table.c.id == orphan.id).values(attempt=attempt, **ended)
+        )
+        return None
+    conn.execute(
+        insert(attempts_table).values(
+            run_id=orphan.id,
+            attempt=attempt,
+            started_at=orphan.started_at,
+            node=orphan.node,
+            process_id=orphan.process_id,
+            **ended,
+        )
+    )
+    again = Run(
+        id=orphan.id,
+        job_id=orphan.job_id,
+        scheduled_for=as_utc(orphan.scheduled_for),
+        node=node,
+        process_id=process_id,
+        started_at=now,
+        attempt=attempt + 1,
+    )
+    conn.execute(
+        update(runs_table)
+        .where(runs_table.c.id == orphan.id)
+        .values(
+            node=node,
+            process_id=process_id,
+            started_at=now,
+            attempt=again.attempt,
+            error_type=None,
+            error_message=None,
+        )
+    )
+    return again, job
+
+
+def _lock_jobs(
+    conn: Connection, sql: Statements, ids: list[str], *, skip_locked: bool = False
+) -> dict[str, Any]:
+    """Lock and read the rows of ``ids`` (in id order); ``skip_locked``: leave out rows
+    another transaction holds rather than wait for them (PostgreSQL)."""
     rows: dict[str, Any] = {}
+    statement = sql.lock_skip if skip_locked else sql.lock
     for start in range(0, len(ids), CHUNK):
-        for found in conn.execute(sql.lock, {"ids": ids[start : start + CHUNK]}):
+        for found in conn.execute(statement, {"ids": ids[start : start + CHUNK]}):
             rows[found.id] = found
     return rows
+
+
+def _held_elsewhere(conn: Connection, ids: list[str]) -> set[str]:
+    """Of ``ids``, left out by a ``skip_locked`` lock, those that exist: locked, not gone."""
+    if not ids:
+        return set()
+    return set(conn.execute(select(jobs_table.c.id).where(jobs_table.c.id.in_(ids))).scalars())
+
+
+def _count_runs(
+    conn: Connection, sql: Statements, ids: list[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(running, waiting) runs of each of ``ids``, read now (call it after locking them)."""
+    running = dict.fromkeys(ids, 0)
+    waiting = dict.fromkeys(ids, 0)
+    for start in range(0, len(ids), CHUNK):
+        for found in conn.execute(sql.count, {"ids": ids[start : start + CHUNK]}):
+            running[found.job_id] = found.running
+            waiting[found.job_id] = found.waiting
+    return running, waiting
 
 
 def _cancel_running(conn: Connection, job_id: str, now: datetime) -> list[tuple[str, str | None]]:
@@ -549,28 +697,36 @@ class Statements:
     Building SQLAlchemy expressions and their cache keys at every claim cost
     more than the database work itself (2.5 ms of Python for a one-job claim
     on SQLite, on the database thread, holding the GIL the loop needs).  The
-    job rows, their runs in progress or waiting and the scheduler-wide state
-    come in one statement; on PostgreSQL it locks the job rows (``FOR UPDATE
-    OF j``, in id order) and shares the scheduler row (``FOR SHARE OF s``: a
-    scheduler pause waits for claims in flight, and claims after it see it).
+    job rows and the scheduler-wide state come in one statement; on PostgreSQL
+    it locks the job rows (``FOR UPDATE OF j``, in id order; ``SKIP LOCKED``
+    for scheduled claims, so one held row delays its job only) and shares the
+    scheduler row (``FOR SHARE OF s``: a scheduler pause waits for claims in
+    flight, and claims after it see it).  Their runs in progress or waiting are
+    counted by a second statement, after the lock (DESIGN.md fact 17).
     """
 
     lock: Any
+    lock_skip: Any
+    count: Any
     insert: Any
     advance: Any
     finish: Any
 
 
 LOCK_JOBS = (
-    "SELECT j.id, j.version, j.next_run_time, j.max_instances, s.state, "
-    "(SELECT count(*) FROM asyncapp_runs r "
-    "WHERE r.job_id = j.id AND r.status = 'running') AS running, "
-    "(SELECT count(*) FROM asyncapp_runs w "
-    "WHERE w.job_id = j.id AND w.status = 'waiting') AS waiting "
+    "SELECT j.id, j.version, j.next_run_time, j.max_instances, s.state "
     "FROM asyncapp_jobs j, asyncapp_scheduler s "
     "WHERE s.id = 1 AND j.id IN :ids ORDER BY j.id"
 )
+COUNT_RUNS = (
+    "SELECT job_id, "
+    "sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running, "
+    "sum(CASE WHEN status = 'waiting' THEN 1 ELSE 0 END) AS waiting "
+    "FROM asyncapp_runs WHERE job_id IN :ids AND status IN ('running', 'waiting') "
+    "GROUP BY job_id"
+)
 POSTGRES_LOCKS = " FOR UPDATE OF j FOR SHARE OF s"
+POSTGRES_SKIP_LOCKED = " FOR UPDATE OF j SKIP LOCKED FOR SHARE OF s"
 
 #: Ends a run this process claimed, unless another process ended it meanwhile.
 END_RUN = (
@@ -595,8 +751,12 @@ END_RUN = (
 
 @functools.cache
 def statements(dialect: str) -> Statements:
-    lock_sql = LOCK_JOBS + POSTGRES_LOCKS if dialect == "postgresql" else LOCK_JOBS
-    lock = text(lock_sql).bindparams(bindparam("ids", expanding=True))
+    postgres = dialect == "postgresql"
+    lock = text(LOCK_JOBS + POSTGRES_LOCKS if postgres else LOCK_JOBS)
+    lock = lock.bindparams(bindparam("ids", expanding=True))
+    lock_skip = text(LOCK_JOBS + POSTGRES_SKIP_LOCKED if postgres else LOCK_JOBS)
+    lock_skip = lock_skip.bindparams(bindparam("ids", expanding=True))
+    count = text(COUNT_RUNS).bindparams(bindparam("ids", expanding=True))
     dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     insert_runs = (
         dialect_insert(runs_table)
@@ -615,4 +775,4 @@ def statements(dialect: str) -> Statements:
     finish = delete(jobs_table).where(
         jobs_table.c.id == bindparam("b_job"), jobs_table.c.version == bindparam("b_version")
     )
-    return Statements(lock, insert_runs, advance, finish)
+    return Statements(lock, lock_skip, count, insert_runs, advance, finish)

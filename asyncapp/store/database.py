@@ -1,12 +1,13 @@
-"""The database: one engine, two threads that do all its I/O, and fault translation.
+"""The database: one engine, three threads that do all its I/O, and fault translation.
 
-SQLAlchemy's sync engine is used from two dedicated threads, never from the
+SQLAlchemy's sync engine is used from three dedicated threads, never from the
 event loop: APScheduler's ``SQLAlchemyJobStore`` committing on the loop
 thread measured 109 ms p99 loop lag at 200 jobs/s.  The *write* thread runs
 every transaction that changes something (claims, job changes, run records,
-heartbeats), one at a time, which is also what SQLite wants; the *read*
+reaping), one at a time, which is also what SQLite wants; the *read*
 thread serves the API's and dashboard's queries, so listing 10,000 jobs does
-not delay a claim.
+not delay a claim; the *heartbeat* thread, with its own connection, writes
+only this process's heartbeat, so liveness never waits behind claims.
 
 Every transaction commits before its ``await`` returns: there is no
 write-behind.  A driver error meaning "the database is not there or will not
@@ -18,6 +19,14 @@ it is set by any failure and cleared only by a write that succeeds.
 On SQLite, write transactions start with ``BEGIN IMMEDIATE`` (the write lock
 up front, so two processes never deadlock upgrading a read lock) and the file
 runs in WAL mode, so readers in other processes do not block the writer.
+
+Every wait for a lock is bounded by ``lock_timeout`` (PostgreSQL's
+``lock_timeout``, SQLite's busy timeout), kept below the process timeout, and
+a PostgreSQL transaction left idle (its process frozen inside it) is ended by
+the server after ``idle_timeout`` (``idle_in_transaction_session_timeout``),
+which releases its locks.  A lock wait that times out raises
+:class:`~asyncapp.errors.DatabaseUnavailable` with ``busy`` set: nothing was
+applied, but it is not an outage (``down_since`` is left as it was).
 """
 
 from __future__ import annotations
@@ -30,10 +39,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.dml import Insert
 
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.store.migrate import current_revision, head_revision, migrate
@@ -44,18 +56,30 @@ T = TypeVar("T")
 #: Driver errors that mean the database is away or refuses writes, not a bug of ours.
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 CONNECT_TIMEOUT = 5
+#: Seconds a statement waits for a lock by default (see :class:`Database`).
+LOCK_TIMEOUT = 5.0
+#: Seconds a PostgreSQL transaction may sit idle before the server ends it.
+IDLE_TIMEOUT = 10.0
+#: PostgreSQL's lock_not_available; SQLite's SQLITE_BUSY.
+LOCK_NOT_AVAILABLE = "55P03"
+SQLITE_BUSY = 5
 
 
 class Database:
     """An engine plus the threads that use it; open it on the loop that awaits it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, lock_timeout: float = LOCK_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
         self.url = make_url(url)
+        self.lock_timeout = lock_timeout
+        self.idle_timeout = idle_timeout
         self.dialect = self.url.get_backend_name()
         self.engine: Engine | None = None
         self._write_engine: Engine | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncapp-db-write")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncapp-db-read")
+        self._beater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncapp-db-beat")
         #: Monotonic time of the first failure of the current outage, None while healthy.
         self.down_since: float | None = None
         self.last_error = ""
@@ -80,6 +104,7 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.engine.dispose)
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
+        self._beater.shutdown(wait=True)
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` in one write transaction on the write thread; committed on return.
@@ -88,6 +113,15 @@ class Database:
             (the transaction is rolled back).
         """
         return await self._submit(self._writer, self.write_now, fn)
+
+    async def beat(self, fn: Callable[[Connection], T]) -> T:
+        """:meth:`write`, on the heartbeat thread and its own connection.
+
+        Liveness must not wait behind claims and results on the write thread.
+
+        :raises DatabaseUnavailable: if the database is away or refuses the write.
+        """
+        return await self._submit(self._beater, self.write_now, fn)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` in a read-only transaction on the read thread.
@@ -121,7 +155,7 @@ class Database:
             raise
         # Only a write ends an outage: a read-only or immutable SQLite file still
         # answers reads (the readiness ping, the change feed) while refusing every write.
-        if self.down_since is not None and pool is self._writer:
+        if self.down_since is not None and pool is not self._reader:
             log.warning(
                 "the database answers again after %.1f s", time.monotonic() - self.down_since
             )
@@ -130,6 +164,8 @@ class Database:
 
     def _unavailable(self, exc: Exception, outage: bool) -> DatabaseUnavailable:
         detail = _one_line(exc)
+        if _lock_wait_timed_out(exc):
+            return DatabaseUnavailable(detail, busy=True)
         if outage and self.down_since is None:
             self.down_since = time.monotonic()
             log.error("the database is unavailable: %s", detail)
@@ -138,7 +174,7 @@ class Database:
 
     def _open(self, upgrade: bool) -> None:
         if self.dialect == "sqlite":
-            engine = _sqlite_engine(self.url)
+            engine = _sqlite_engine(self.url, self.lock_timeout)
         else:
             connect_args = {}
             if "connect_timeout" not in self.url.query:
@@ -146,14 +182,23 @@ class Database:
             engine = create_engine(
                 self.url,
                 pool_pre_ping=True,
-                # One connection per database thread, one for the migration lock.
-                pool_size=2,
+                # One connection per database thread (write, read, heartbeat), one spare.
+                pool_size=3,
                 max_overflow=2,
                 connect_args=connect_args,
             )
-        if upgrade:
+            if upgrade:
+                # Unbounded waits here: a process starting while another migrates
+                # waits for it (the advisory lock), however long that takes.
+                migrator = create_engine(self.url, poolclass=NullPool, connect_args=connect_args)
+                try:
+                    migrate(migrator)
+                finally:
+                    migrator.dispose()
+            _bound_waits(engine, self.lock_timeout, self.idle_timeout)
+        if upgrade and self.dialect == "sqlite":
             migrate(engine)
-        elif current_revision(engine) != head_revision():
+        elif not upgrade and current_revision(engine) != head_revision():
             engine.dispose()
             raise DatabaseUnavailable(
                 "its schema is older than this asyncapp; start the server (or run a command "
@@ -163,6 +208,11 @@ class Database:
         self._write_engine = engine.execution_options(asyncapp_write=True)
 
     # -- dialect differences ------------------------------------------------------
+
+    def insert_ignoring_conflicts(self, table: Table, *keys: str) -> Insert:
+        """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for this dialect."""
+        dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert
+        return dialect_insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
     def clock(self, conn: Connection) -> float:
         """Now, in epoch seconds, by the database server's clock on PostgreSQL.
@@ -177,16 +227,48 @@ class Database:
         return time.time()
 
 
+def bounded_waits(process_timeout: float) -> dict[str, float]:
+    """:class:`Database` wait bounds for a cluster whose processes die after ``process_timeout``.
+
+    Lock waits end well before a process could be presumed dead for waiting; an
+    idle transaction lives about as long as its frozen process is presumed alive.
+    """
+    return {
+        "lock_timeout": min(LOCK_TIMEOUT, process_timeout / 2),
+        "idle_timeout": max(IDLE_TIMEOUT, process_timeout),
+    }
+
+
 def _one_line(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
-def _sqlite_engine(url: Any) -> Engine:
+def _lock_wait_timed_out(exc: Exception) -> bool:
+    cause = getattr(exc, "orig", None)
+    return (
+        getattr(cause, "sqlstate", None) == LOCK_NOT_AVAILABLE
+        or getattr(cause, "sqlite_errorcode", None) == SQLITE_BUSY
+    )
+
+
+def _bound_waits(engine: Engine, lock_timeout: float, idle_timeout: float) -> None:
+    """Set PostgreSQL's lock and idle-transaction timeouts on every new connection."""
+
+    @event.listens_for(engine, "connect")
+    def _timeouts(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {int(idle_timeout * 1000)}")
+        cursor.close()
+        dbapi_connection.commit()
+
+
+def _sqlite_engine(url: Any, lock_timeout: float) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -196,7 +278,7 @@ def _sqlite_engine(url: Any) -> Engine:
         # WAL lets other processes read while one writes.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from asyncapp.store.database import Database
 from asyncapp.store.tables import processes_table
 
 
@@ -38,6 +39,19 @@ class Process:
             "heartbeat_age": round(max(0.0, now - self.heartbeat_at), 3),
             **self.info,
         }
+
+
+def registered(conn: Connection, db: Database, process_id: str) -> bool:
+    """Whether ``process_id`` has its row, i.e. is not presumed dead.
+
+    On PostgreSQL the row is share-locked (``FOR KEY SHARE``) until the
+    transaction ends: a reaper's delete of it waits, so a claim or a reaping
+    made by a live process commits before that process can be found dead.
+    """
+    query = select(processes_table.c.id).where(processes_table.c.id == process_id)
+    if db.is_postgres:
+        query = query.with_for_update(read=True, key_share=True)
+    return conn.execute(query).first() is not None
 
 
 def read_live(conn: Connection) -> list[Process]:
