@@ -26,7 +26,7 @@ from asyncapp.errors import (
     SettingsError,
     UnknownFunction,
 )
-from asyncapp.http import http_client
+from asyncapp.http import aiohttp_session, http_client
 from asyncapp.model.tasks import task
 from asyncapp.settings import Settings
 
@@ -45,6 +45,7 @@ __all__ = [
     "SettingsError",
     "UnknownFunction",
     "__version__",
+    "aiohttp_session",
     "create_app",
     "current_run",
     "http_client",

@@ -28,6 +28,7 @@ def test_public_names_are_pinned() -> None:
         "SettingsError",
         "UnknownFunction",
         "__version__",
+        "aiohttp_session",
         "create_app",
         "current_run",
         "http_client",
