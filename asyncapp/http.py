@@ -78,7 +78,8 @@ from asyncapp import metrics
 from asyncapp.errors import NotRunning
 from asyncapp.settings import Settings
 
-_bound: contextvars.ContextVar[httpx.AsyncClient] = contextvars.ContextVar("asyncapp_http")
+#: The client :func:`http_client` returns in this context (set per request by ``asgi.py``).
+bound: contextvars.ContextVar[httpx.AsyncClient] = contextvars.ContextVar("asyncapp_http")
 _open: list[httpx.AsyncClient] = []
 #: True while the current request waits for a free connection (set by ``_Connector``).
 _queued: contextvars.ContextVar[bool] = contextvars.ContextVar("asyncapp_http_queued")
@@ -380,11 +381,11 @@ async def close_client(client: httpx.AsyncClient) -> None:
 @contextlib.contextmanager
 def bind(client: httpx.AsyncClient) -> Iterator[None]:
     """Make ``client`` what :func:`http_client` returns in this context."""
-    token = _bound.set(client)
+    token = bound.set(client)
     try:
         yield
     finally:
-        _bound.reset(token)
+        bound.reset(token)
 
 
 def http_client() -> httpx.AsyncClient:
@@ -394,7 +395,7 @@ def http_client() -> httpx.AsyncClient:
 
     :raises NotRunning: outside a running app.
     """
-    client = _bound.get(None)
+    client = bound.get(None)
     if client is not None:
         return client
     if len(_open) == 1:

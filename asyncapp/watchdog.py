@@ -32,7 +32,6 @@ import sys
 import sysconfig
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -171,8 +170,10 @@ def _where(frame: FrameType | None) -> str:
     return f" at {short or code.co_filename}:{frame.f_lineno} in {code.co_name}{detail}"
 
 
-#: The request each task is serving (the ASGI layer registers them), for reports.
-requests: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = weakref.WeakKeyDictionary()
+#: The request each task is serving, for reports: the ASGI layer adds a task's
+#: entry when the request starts and removes it when it ends (a plain dict:
+#: a weak one cost a weak reference with a callback per request).
+requests: dict[asyncio.Task[Any] | None, str] = {}
 
 
 @contextlib.contextmanager
