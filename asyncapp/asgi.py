@@ -41,6 +41,7 @@ about 10 us, most of it ``logging``'s ``LogRecord``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import time
@@ -111,6 +112,7 @@ class AsgiApp:
                 except Exception as exc:
                     await _failed(send, "startup", exc, debug)
                     return
+                _freeze_startup_objects()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
@@ -120,8 +122,25 @@ class AsgiApp:
                     return
                 finally:
                     self.adapter.close()
+                    gc.unfreeze()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _freeze_startup_objects() -> None:
+    """Leave what startup built (modules, the app, the runtime) out of every later collection.
+
+    The garbage collector's full collections walk every tracked object: about
+    116,000 once asyncapp has started, most of them imported modules' code and
+    data that live as long as the process.  At 1000 requests in flight that
+    walk cost 91-97 us of CPU per request (of about 300; the ASGI app driven in
+    one process, ``gc.callbacks`` timing each collection); frozen, 21-30 us
+    (``gc.freeze``, which Python documents for this).  What is frozen is never
+    collected as a cycle, so the garbage there is now is collected first, and
+    lifespan shutdown unfreezes it.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class FailedApp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
@@ -15,6 +16,19 @@ from flask import Flask
 from asyncapp import NotRunning
 from asyncapp.asgi import to_asgi
 from tests.conftest import AUTH, REPO, Server, StartupFailed, lifespan, serve
+
+
+async def test_startup_objects_are_left_out_of_collections_until_shutdown(
+    make_app: Callable[..., Flask],
+) -> None:
+    asgi_app = to_asgi(make_app())
+    gc.unfreeze()
+    async with lifespan(asgi_app):
+        frozen = gc.get_freeze_count()
+        # The app, its runtime and the imported modules: more than a few objects.
+        assert frozen > 10_000
+        assert asgi_app.ext.runtime.started
+    assert gc.get_freeze_count() == 0
 
 
 async def test_startup_starts_the_scheduler_and_shutdown_stops_it(
