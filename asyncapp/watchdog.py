@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import linecache
 import logging
 import os
@@ -32,7 +31,7 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -174,17 +173,3 @@ def _where(frame: FrameType | None) -> str:
 #: entry when the request starts and removes it when it ends (a plain dict:
 #: a weak one cost a weak reference with a callback per request).
 requests: dict[asyncio.Task[Any] | None, str] = {}
-
-
-@contextlib.contextmanager
-def serving(method: str, path: str) -> Iterator[None]:
-    """Note that the current task serves ``method path`` while in this block."""
-    task = asyncio.current_task()
-    if task is None:
-        yield
-        return
-    requests[task] = f"{method} {path}"
-    try:
-        yield
-    finally:
-        requests.pop(task, None)
