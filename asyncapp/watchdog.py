@@ -161,12 +161,15 @@ def _where(frame: FrameType | None) -> str:
     if frame is None:
         return ""
     code = frame.f_code
-    source = linecache.getline(code.co_filename, frame.f_lineno).strip()
+    # Read from another thread, a frame can have no line yet (f_lineno None);
+    # linecache would raise, and the exception would end the watchdog's thread.
+    line = frame.f_lineno
+    source = linecache.getline(code.co_filename, line).strip() if line else ""
     short = os.path.relpath(code.co_filename) if not code.co_filename.startswith("<") else ""
     if short.startswith(".."):
         short = code.co_filename
     detail = f" ({source})" if source else ""
-    return f" at {short or code.co_filename}:{frame.f_lineno} in {code.co_name}{detail}"
+    return f" at {short or code.co_filename}:{line or '?'} in {code.co_name}{detail}"
 
 
 #: The request each task is serving, for reports: the ASGI layer adds a task's
