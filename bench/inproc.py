@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.inproc                       # async and sync views
     .venv/bin/python -m bench.inproc --views async --in-flight 1000 --no-freeze
+    .venv/bin/python -m bench.inproc --views async,client,session   # the client inside a view
 
 Drives ``asyncapp.asgi.to_asgi(create_app())`` in this process, through its
 lifespan, with ASGI messages built here (no sockets, no Hypercorn), so that
@@ -11,7 +12,11 @@ to one CPU (``taskset -c 0``) for steadier figures. Per view kind it prints
 the median over ``--runs`` of:
 
 - CPU per request, with ``--in-flight`` requests at a time (each async view
-  awaits ``asyncio.sleep(0.01)`` three times, so they are all in flight);
+  awaits ``asyncio.sleep(0.01)`` three times, so they are all in flight;
+  ``client`` and ``session`` views instead GET ``bench.upstream``, started on
+  CPU 1, through ``http_client()`` and ``asyncapp.aiohttp_session()``: their
+  CPU minus ``async``'s is what a call costs inside a view with that many in
+  flight, against ``bench.client``'s figure for the call alone);
 - the garbage collector's part of it (timed through ``gc.callbacks``);
 - RSS growth per request in flight: ``--in-flight`` requests held at an
   await, against the process before them.
@@ -24,14 +29,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import procs
 
 AWAITS = 3
 
@@ -70,7 +79,7 @@ def _scope(path: str) -> dict[str, Any]:
 async def _measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from flask import Flask
 
-    from asyncapp import create_app
+    from asyncapp import aiohttp_session, create_app, http_client
     from asyncapp.asgi import to_asgi
 
     flask_app: Flask = create_app()
@@ -89,6 +98,17 @@ async def _measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
     @flask_app.get("/bench/sync")
     def sync_view() -> str:
+        return "ok"
+
+    @flask_app.get("/bench/client")
+    async def client_view() -> str:
+        (await http_client().get(f"{args.upstream}/delay?ms=10")).raise_for_status()
+        return "ok"
+
+    @flask_app.get("/bench/session")
+    async def session_view() -> str:
+        async with aiohttp_session().get(f"{args.upstream}/delay?ms=10") as response:
+            await response.read()
         return "ok"
 
     app = to_asgi(flask_app)
@@ -114,6 +134,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         raise SystemExit(f"startup failed: {started}")
     if args.no_freeze:
         gc.unfreeze()
+    if args.gc_threshold:
+        gc.set_threshold(args.gc_threshold)
     clock = _GcClock()
     results: dict[str, dict[str, float]] = {}
     for view in args.views.split(","):
@@ -147,14 +169,26 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=5000, help="per run")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--gc-threshold", type=int, default=0, help="gc.set_threshold(N) first")
+    parser.add_argument("--upstream", default="", help=argparse.SUPPRESS)
     parser.add_argument("--no-freeze", action="store_true", help="undo startup's gc.freeze()")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-inproc-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-inproc-"))
+        if {"client", "session"} & set(args.views.split(",")):
+            port = procs.free_port()
+            command = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
+            upstream = stack.enter_context(
+                procs.running("upstream", command, procs.LOAD_CPU, Path(tmp))
+            )
+            args.upstream = f"http://127.0.0.1:{port}"
+            procs.wait_ready(upstream, f"{args.upstream}/delay?ms=0")
         os.environ.update(
             ASYNCAPP_DATABASE_URL=f"sqlite:///{tmp}/inproc.db",
             ASYNCAPP_JOB_MODULES="",
             ASYNCAPP_ACCESS_LOG="false",
             ASYNCAPP_LOG_LEVEL="WARNING",
+            ASYNCAPP_HTTP_MAX_CONNECTIONS=str(args.in_flight),
         )
         logging.disable(logging.WARNING)
         results = asyncio.run(_measure(args))
