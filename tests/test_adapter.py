@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import httpx
@@ -189,3 +189,20 @@ async def test_loop_or_pool_is_decided_once_per_endpoint_and_method(
     assert decided == 2  # one per endpoint, whatever the path and however often
     assert [r["on_loop"] for r in replies] == [True] * 5 + [False] * 5 + [True] * 5 + [False] * 5
     assert len(adapter._async_paths) <= 3  # the per-path answers stay bounded
+
+
+async def test_sync_view_streams_from_its_worker_thread(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+
+    @app.get("/lines")
+    def lines() -> object:
+        def generate() -> Iterator[str]:
+            yield "first\n"
+            yield f"second on_loop={on_loop()}\n"
+
+        return app.response_class(generate(), mimetype="text/plain")
+
+    async with serve(app) as client:
+        response = await client.get("/lines")
+    assert "content-length" not in response.headers  # streamed, not buffered
+    assert response.text == "first\nsecond on_loop=False\n"
