@@ -40,11 +40,14 @@ corrections that let jobs handle errors as httpx documents them:
 - A body already in memory is sent with its length: on a followed redirect,
   httpx-aiohttp sent a GET's empty body chunked.
 
-CPU per call (``python -m bench.client``, keep-alive workload, ratio to a bare
-aiohttp session in the same run; 2026-12-03, busy machine, medians of 3):
-httpx-aiohttp as released 2.55x, this client 2.26x (324 -> 282 us against
-117 us; in one process, interleaved: 418 -> 327 us against 126 us), and
-:func:`aiohttp_session` 1.02x.  Where the call went (cProfile, 3000 calls):
+CPU per call (keep-alive, ratio to a bare aiohttp session in the same run;
+2026-12-03, busy machine): ``python -m bench.client --quick --runs 3``, two
+invocations, httpx-aiohttp as released 2.55x and 2.96x, this client 2.26x and
+2.77x, :func:`aiohttp_session` 1.02x and 1.10x; the four interleaved in one
+process (5 x 3000 calls, medians): 225, 198, 82 us against aiohttp's 74
+(3.03x, 2.67x, 1.11x); the client before these changes, against the same
+reference an hour earlier, 418 against 126 us (3.3x, as issue 20 measured).
+Where the call went (cProfile, 3000 calls):
 httpx's URL parser, pure Python, about a tenth (a URL string is now parsed
 once, ``SharedClient``); httpx-aiohttp's per-call glue (headers handed to
 aiohttp as an ``httpx.Headers`` it decodes one by one, a ``ClientTimeout``

@@ -79,7 +79,7 @@ def _scope(path: str) -> dict[str, Any]:
 async def _measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from flask import Flask
 
-    from asyncapp import aiohttp_session, create_app, http_client
+    from asyncapp import create_app, http_client
     from asyncapp.asgi import to_asgi
 
     flask_app: Flask = create_app()
@@ -107,6 +107,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
     @flask_app.get("/bench/session")
     async def session_view() -> str:
+        from asyncapp import aiohttp_session  # not in asyncapp before 2026-12-03
+
         async with aiohttp_session().get(f"{args.upstream}/delay?ms=10") as response:
             await response.read()
         return "ok"
