@@ -55,7 +55,7 @@ built per call, the body read through two async iterators and a context
 manager per chunk), about a fifth (now ``_Transport``).  What remains above
 aiohttp is httpx's own request and response models (``build_request``,
 ``Headers``, ``Response.aread`` through its decoders, the auth and redirect
-loops): about 150 us, which no transport can remove while ``http_client()``
+loops): 120-150 us, which no transport can remove while ``http_client()``
 returns an ``httpx.AsyncClient``.  Hence :func:`aiohttp_session`, the same
 pool through aiohttp's API, for calls where that CPU counts (fan-out jobs).
 Inside an async view with 1000 requests in flight a call costs more than
@@ -168,7 +168,7 @@ class _Transport(httpx.AsyncBaseTransport):
     aiohttp's own request needs (headers handed over as decoded pairs, the
     ``ClientTimeout`` of each timeout setting built once, the counter child of
     each host and status class looked up once), and a body that arrived with
-    the response head (most answers under 64 KiB on a kept-alive connection)
+    the response head (a small answer on a kept-alive connection usually does)
     is taken from aiohttp's buffer at once and its connection returned to the
     pool, instead of through an async iterator.
     """
