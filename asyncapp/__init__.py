@@ -30,7 +30,7 @@ from asyncapp.errors import (
     UnknownFunction,
 )
 from asyncapp.faces.python import Job, JobRun, Jobs, SyncJobs, jobs, sync_jobs
-from asyncapp.http import http_client
+from asyncapp.http import aiohttp_session, http_client
 from asyncapp.model.tasks import task
 from asyncapp.settings import Settings
 
@@ -54,6 +54,7 @@ __all__ = [
     "SyncJobs",
     "UnknownFunction",
     "__version__",
+    "aiohttp_session",
     "create_app",
     "current_run",
     "http_client",

@@ -22,6 +22,12 @@ module, or, for a method it overrides, names the entry here in a comment.
 - ``httpx.AsyncClient._cookies`` (httpx 0.28-0.29): the client's cookie jar
   attribute; :mod:`asyncapp.http` replaces it so no cookie is shared
   between jobs.
+- ``httpx.AsyncClient._merge_url`` (httpx 0.23-0.29): where a request's URL
+  is joined to ``base_url``; :mod:`asyncapp.http` caches what it returns.
+- ``asgiref.sync.SyncToAsync.threadlocal`` attributes ``main_event_loop`` and
+  ``main_event_loop_pid`` (asgiref 3.8-3.13): set in the threads of
+  :mod:`asyncapp.web.adapter`'s pool so Flask's ``async_to_sync`` finds the
+  server loop, as asgiref's own ``SyncToAsync`` sets them.
 - ``asgiref.wsgi.WsgiToAsgiInstance`` attributes ``scope``,
   ``build_environ``, ``start_response``, ``sync_send``, ``response_start``,
   ``response_content_length`` (asgiref 3.8-3.13): reused by
@@ -40,6 +46,7 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
+from asgiref.sync import SyncToAsync
 from asgiref.wsgi import WsgiToAsgiInstance
 
 
@@ -78,6 +85,8 @@ def missing() -> list[str]:
             getattr(aiohttp.TCPConnector, "_wait_for_available_connection", None)
         ),
         "httpx.AsyncClient._cookies": isinstance(getattr(client, "_cookies", None), httpx.Cookies),
+        "httpx.AsyncClient._merge_url": callable(getattr(client, "_merge_url", None)),
+        "SyncToAsync.threadlocal": hasattr(SyncToAsync, "threadlocal"),
         "WsgiToAsgiInstance.build_environ": callable(getattr(instance, "build_environ", None)),
         "WsgiToAsgiInstance.response_start": isinstance(
             getattr(instance, "response_start", None), dict

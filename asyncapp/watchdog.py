@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import linecache
 import logging
 import os
@@ -31,8 +30,7 @@ import sys
 import sysconfig
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -161,27 +159,18 @@ def _where(frame: FrameType | None) -> str:
     if frame is None:
         return ""
     code = frame.f_code
-    source = linecache.getline(code.co_filename, frame.f_lineno).strip()
+    # Read from another thread, a frame can have no line yet (f_lineno None);
+    # linecache would raise, and the exception would end the watchdog's thread.
+    line = frame.f_lineno
+    source = linecache.getline(code.co_filename, line).strip() if line else ""
     short = os.path.relpath(code.co_filename) if not code.co_filename.startswith("<") else ""
     if short.startswith(".."):
         short = code.co_filename
     detail = f" ({source})" if source else ""
-    return f" at {short or code.co_filename}:{frame.f_lineno} in {code.co_name}{detail}"
+    return f" at {short or code.co_filename}:{line or '?'} in {code.co_name}{detail}"
 
 
-#: The request each task is serving (the ASGI layer registers them), for reports.
-requests: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = weakref.WeakKeyDictionary()
-
-
-@contextlib.contextmanager
-def serving(method: str, path: str) -> Iterator[None]:
-    """Note that the current task serves ``method path`` while in this block."""
-    task = asyncio.current_task()
-    if task is None:
-        yield
-        return
-    requests[task] = f"{method} {path}"
-    try:
-        yield
-    finally:
-        requests.pop(task, None)
+#: The request each task is serving, for reports: the ASGI layer adds a task's
+#: entry when the request starts and removes it when it ends (a plain dict:
+#: a weak one cost a weak reference with a callback per request).
+requests: dict[asyncio.Task[Any] | None, str] = {}

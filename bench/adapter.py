@@ -13,6 +13,12 @@ per request (the steadiest figure on a busy machine) per stack:
   ``async_to_sync`` with Flask's own, so the adapter serves every request from
   its thread pool and each async view holds a thread while it awaits.
 * ``bare``: an ASGI callable doing the same sleep, what Hypercorn can reach.
+* ``client``, ``session``, ``bare-aiohttp`` (not run unless named in
+  ``--stacks``): instead of the sleep, a GET of ``bench.upstream``'s
+  ``/delay?ms=100`` (started on CPU 1): ``client`` through ``http_client()``,
+  ``session`` through ``asyncapp.aiohttp_session()``, ``bare-aiohttp`` a bare
+  ASGI app with its own ``aiohttp.ClientSession``.  CPU per request minus the
+  sleeping stack's is the call's CPU inside a view with that many in flight.
 * ``baseline`` (with ``--baseline DIR``): the ``greenlet`` app, but with the
   ``asyncapp`` package of another checkout, e.g. an older adapter from
   ``git worktree add DIR <commit>``.
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import math
 import os
 import re
 import shutil
@@ -44,20 +52,51 @@ STACKS = ("greenlet", "threads", "bare")
 DELAY = 0.1
 
 
-def _asyncapp(flask_class: Any) -> Any:
-    """asyncapp's ASGI app with ``/wait``; built only in the server process."""
-    from asyncapp import AsyncApp
+def _asyncapp(flask_class: Any, call: str = "sleep") -> Any:
+    """asyncapp's ASGI app with ``/wait``; built only in the server process.
+
+    ``call``: what the view awaits: ``sleep``, ``client`` (``http_client().get``)
+    or ``session`` (``aiohttp_session().get``) of the upstream.
+    """
+    from asyncapp import AsyncApp, aiohttp_session, http_client
     from asyncapp.asgi import to_asgi
 
     app = flask_class("asyncapp", static_folder=None)
     AsyncApp(app)
+    url = f"{os.environ.get('BENCH_UPSTREAM', '')}/delay?ms={DELAY * 1000:.0f}"
 
     @app.get("/wait")
     async def wait() -> str:
-        await asyncio.sleep(DELAY)
+        if call == "client":
+            (await http_client().get(url)).raise_for_status()
+        elif call == "session":
+            async with aiohttp_session().get(url) as response:
+                await response.read()
+        else:
+            await asyncio.sleep(DELAY)
         return "ok"
 
     return to_asgi(app)
+
+
+class BareAiohttp:
+    """The ceiling with the call: a bare ASGI app GETting the upstream with aiohttp."""
+
+    def __init__(self) -> None:
+        self.session: Any = None
+        self.url = f"{os.environ.get('BENCH_UPSTREAM', '')}/delay?ms={DELAY * 1000:.0f}"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        import aiohttp
+
+        if scope["type"] == "lifespan":
+            await bare(scope, receive, send)
+            return
+        if self.session is None:
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        async with self.session.get(self.url) as response:
+            await response.read()
+        await _answer(send)
 
 
 def _threaded_flask() -> Any:
@@ -82,6 +121,10 @@ async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "lifespan.shutdown.complete"})
         return
     await asyncio.sleep(DELAY)
+    await _answer(send)
+
+
+async def _answer(send: Any) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -99,6 +142,9 @@ def build(stack: str) -> Any:
     return {
         "greenlet": lambda: _asyncapp(Flask),
         "threads": lambda: _asyncapp(_threaded_flask()),
+        "client": lambda: _asyncapp(Flask, "client"),
+        "session": lambda: _asyncapp(Flask, "session"),
+        "bare-aiohttp": BareAiohttp,
     }.get(stack, lambda: bare)()
 
 
@@ -108,8 +154,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(stack: str, port: int, tmp: str, baseline: str) -> subprocess.Popen[bytes]:
+def _start(
+    stack: str, port: int, tmp: str, baseline: str, upstream: str
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCAPP_")}
+    env["BENCH_UPSTREAM"] = upstream
     path = [baseline, str(REPO)] if stack == "baseline" else [str(REPO)]
     env.update(
         PYTHONPATH=os.pathsep.join(path),
@@ -187,17 +236,26 @@ def main() -> None:
     clients = [int(n) for n in args.clients.split(",")]
     stacks = args.stacks.split(",") + (["baseline"] if args.baseline else [])
     results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack_of_processes:
+        upstream = ""
+        if {"client", "session", "bare-aiohttp"} & set(stacks):
+            upstream_port = _free_port()
+            command = ["taskset", "-c", "1", sys.executable, "-m", "bench.upstream"]
+            command += ["--port", str(upstream_port)]
+            process = subprocess.Popen(command, cwd=REPO, start_new_session=True)
+            stack_of_processes.callback(_stop, process)
+            upstream = f"http://127.0.0.1:{upstream_port}"
         for run in range(args.runs):
             for stack in stacks:  # interleaved, so that drift in machine load hits all alike
                 port = _free_port()
-                server = _start(stack, port, tmp, args.baseline)
+                server = _start(stack, port, tmp, args.baseline, upstream)
                 try:
                     for n in clients:
                         _wrk(port, n, 2)  # warm-up: connections, caches, thread pool
                         cpu = _cpu_seconds(server.pid)
                         rate, p99 = _wrk(port, n, args.duration)
-                        cpu = (_cpu_seconds(server.pid) - cpu) / (rate * args.duration) * 1e6
+                        done = rate * args.duration
+                        cpu = (_cpu_seconds(server.pid) - cpu) / done * 1e6 if done else math.nan
                         results.setdefault((stack, n), []).append((rate, p99, cpu))
                         print(f"run {run + 1} {_line(stack, n, (rate, p99, cpu))}", flush=True)
                 finally:

@@ -41,7 +41,9 @@ from bench.stats import median, percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "client.json"
 REFERENCE = "aiohttp"
-CANDIDATES = (REFERENCE, *ENGINES)
+#: ``asyncapp.aiohttp_session()``: aiohttp's API on the shared client's own session.
+SESSION = "shipped-session"
+CANDIDATES = (REFERENCE, *ENGINES, SESSION)
 Get = Callable[[str], Awaitable[None]]
 
 
@@ -73,7 +75,20 @@ async def getter(engine: str, connections: int) -> AsyncIterator[Get]:
 
             yield get_aiohttp
         return
-    client = ENGINES[engine](connections, httpx.Timeout(60.0))
+    client = ENGINES["shipped" if engine == SESSION else engine](connections, httpx.Timeout(60.0))
+    if engine == SESSION:
+        shared = client.aiohttp_session  # type: ignore[attr-defined]
+
+        async def get_session(url: str) -> None:
+            async with shared.get(url) as response:
+                await response.read()
+                response.raise_for_status()
+
+        try:
+            yield get_session
+        finally:
+            await close_client(client)
+        return
     try:
 
         async def get_httpx(url: str) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from flask import Flask, g, request
 from flask.views import View
 
 from asyncapp import AsyncApp
+from asyncapp.asgi import to_asgi
+from asyncapp.web import adapter as adapter_module
 from asyncapp.web.adapter import async_to_sync
-from tests.conftest import app_config, serve
+from tests.conftest import app_config, lifespan, serve
 
 
 def add_echo(app: Flask) -> None:
@@ -155,3 +158,51 @@ async def test_too_many_duplicate_headers_is_400(make_app: Callable[..., Flask])
     async with serve(make_app()) as client:
         response = await client.get("/healthz", headers=[("x-dup", "1")] * 101)
     assert response.status_code == 400
+
+
+async def test_loop_or_pool_is_decided_once_per_endpoint_and_method(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module, "PATH_CACHE_SIZE", 3)
+    app = make_app()
+
+    @app.get("/items/<int:n>")
+    async def item(n: int) -> object:
+        await asyncio.sleep(0)
+        return {"n": n, "on_loop": on_loop()}
+
+    @app.get("/plain/<int:n>")
+    def plain(n: int) -> object:
+        return {"n": n, "on_loop": on_loop()}
+
+    asgi_app = to_asgi(app)
+    adapter = asgi_app.adapter
+    transport = httpx.ASGITransport(app=asgi_app)
+    async with (
+        lifespan(asgi_app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        before = adapter.decisions
+        paths = [f"/{kind}/{n}" for _ in range(2) for kind in ("items", "plain") for n in range(5)]
+        replies = [(await client.get(path)).json() for path in paths]
+        decided = adapter.decisions - before
+    assert decided == 2  # one per endpoint, whatever the path and however often
+    assert [r["on_loop"] for r in replies] == [True] * 5 + [False] * 5 + [True] * 5 + [False] * 5
+    assert len(adapter._async_paths) <= 3  # the per-path answers stay bounded
+
+
+async def test_sync_view_streams_from_its_worker_thread(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+
+    @app.get("/lines")
+    def lines() -> object:
+        def generate() -> Iterator[str]:
+            yield "first\n"
+            yield f"second on_loop={on_loop()}\n"
+
+        return app.response_class(generate(), mimetype="text/plain")
+
+    async with serve(app) as client:
+        response = await client.get("/lines")
+    assert "content-length" not in response.headers  # streamed, not buffered
+    assert response.text == "first\nsecond on_loop=False\n"

@@ -386,3 +386,15 @@ async def test_the_watchdog_names_a_request_that_blocks_the_loop(
         assert runtime.watchdog.held >= 1
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "asyncapp.watchdog"]
     assert "by request GET /blocking" in warning and "time.sleep(0.4)" in warning
+
+
+def test_watchdog_names_a_frame_that_has_no_line_number_yet() -> None:
+    from types import SimpleNamespace
+
+    from asyncapp.watchdog import _where
+
+    def culprit() -> None: ...
+
+    # What the watchdog's thread can read from the loop thread's current frame.
+    frame = SimpleNamespace(f_code=culprit.__code__, f_lineno=None, f_back=None)
+    assert _where(frame).endswith(":? in culprit")  # type: ignore[arg-type]

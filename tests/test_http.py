@@ -16,6 +16,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from asyncapp import aiohttp_session as asyncapp_aiohttp_session
 from asyncapp import http
 from asyncapp.settings import load_settings
 from tests.conftest import loopback_site
@@ -242,3 +243,69 @@ async def test_requests_are_counted_by_host_and_status_class(upstream: str) -> N
                 await client.get(refused)
     assert count("localhost", "2xx") == before_ok + 1
     assert count("127.0.0.1", "error") == before_error + 1
+
+
+async def test_a_url_string_is_parsed_once_per_base_url(
+    upstream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx._urls  # the module whose urlparse parses each URL string
+
+    parsed: list[str] = []
+
+    def counting(url: str = "", **kwargs: Any) -> Any:
+        parsed.append(url)
+        return urlparse(url, **kwargs)
+
+    urlparse = httpx._urls.urlparse
+    monkeypatch.setattr(httpx._urls, "urlparse", counting)
+    async with shared_client() as client:
+        first = await client.get(f"{upstream}/echo")
+        second = await client.get(f"{upstream}/echo")
+        assert parsed.count(f"{upstream}/echo") == 1
+        assert second.request.url == first.request.url
+        client.base_url = f"{upstream}/"
+        relative = await client.get("echo")
+        assert relative.request.url == first.request.url
+        client.base_url = upstream.replace("localhost", "127.0.0.1")
+        assert (await client.get("echo")).request.url.host == "127.0.0.1"
+
+
+async def test_a_body_that_arrived_with_the_head_reads_like_a_streamed_one() -> None:
+    async def small(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(response("200 OK", b"whole"))
+
+    async with raw_site({"/": small}) as url, shared_client(http_max_connections=1) as client:
+        async with client.stream("GET", f"{url}/") as streamed:
+            raw = [chunk async for chunk in streamed.aiter_raw()]
+        got = await client.get(f"{url}/")  # one connection: the first one went back
+    assert raw == [b"whole"]
+    assert streamed.elapsed.total_seconds() > 0
+    assert (got.text, got.elapsed.total_seconds() > 0) == ("whole", True)
+
+
+async def test_aiohttp_session_shares_the_pool_timeouts_and_no_cookies(
+    upstream: str, slow_upstream: tuple[str, asyncio.Event]
+) -> None:
+    import aiohttp
+
+    slow, _ = slow_upstream
+    async with shared_client(http_timeout=0.2, http_max_connections=1) as client:
+        with http.bind(client):
+            session = asyncapp_aiohttp_session()
+            assert session is client.aiohttp_session  # type: ignore[attr-defined]
+            async with session.get(f"{upstream}/set") as set_cookie:
+                assert await set_cookie.text() == "set"
+            async with session.get(f"{upstream}/echo") as echoed:
+                assert await echoed.text() == ""
+            # The one connection the limit allows is the one httpx uses next.
+            assert (await client.get(f"{upstream}/echo")).text == ""
+            with pytest.raises(aiohttp.ServerTimeoutError):
+                async with session.get(f"{slow}/slow"):
+                    pass
+
+
+def test_aiohttp_session_outside_a_running_app_is_a_clear_error() -> None:
+    from asyncapp import NotRunning
+
+    with pytest.raises(NotRunning, match="http_client"):
+        asyncapp_aiohttp_session()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
@@ -13,8 +14,36 @@ import pytest
 from flask import Flask
 
 from asyncapp import NotRunning
-from asyncapp.asgi import to_asgi
+from asyncapp.asgi import GC_YOUNG_THRESHOLD, to_asgi
 from tests.conftest import AUTH, REPO, Server, StartupFailed, lifespan, serve
+
+
+async def test_startup_objects_are_left_out_of_collections_until_shutdown(
+    make_app: Callable[..., Flask],
+) -> None:
+    asgi_app = to_asgi(make_app())
+    gc.unfreeze()
+    assert gc.get_threshold()[0] == 700  # Python's default
+    async with lifespan(asgi_app):
+        frozen = gc.get_freeze_count()
+        # The app, its runtime and the imported modules: more than a few objects.
+        assert frozen > 10_000
+        assert asgi_app.ext.runtime.started
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold()[0] == 700
+
+
+async def test_an_apps_own_collection_threshold_is_kept(
+    make_app: Callable[..., Flask],
+) -> None:
+    before = gc.get_threshold()
+    gc.set_threshold(1234)
+    try:
+        async with lifespan(to_asgi(make_app())):
+            assert gc.get_threshold()[0] == 1234
+    finally:
+        gc.set_threshold(*before)
 
 
 async def test_startup_starts_the_scheduler_and_shutdown_stops_it(

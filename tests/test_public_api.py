@@ -33,6 +33,7 @@ def test_public_names_are_pinned() -> None:
         "SyncJobs",
         "UnknownFunction",
         "__version__",
+        "aiohttp_session",
         "create_app",
         "current_run",
         "http_client",

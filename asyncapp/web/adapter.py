@@ -59,14 +59,34 @@ Flask's own request handling, now on the loop.
 
 Bodies larger than ``max_body_bytes`` are refused with 413 before Flask sees
 them, by ``Content-Length`` when given and while reading otherwise.
+
+Per request, the adapter's own work was cut (2026-12-03; the ASGI app driven
+in one process, no server, CPU per request, medians of 5 x 2000 requests on a
+busy machine): an async view 304-332 -> 243-249 us, a sync view 317-332 ->
+222-224 us.  The loop-or-pool choice is made once per endpoint and method,
+and remembered per path, so a path asked again is not URL-matched twice
+(Flask still matches it once); a body that comes in one ASGI message (every
+GET) is read from a ``BytesIO``, not a ``SpooledTemporaryFile``; the pool
+hand-off is ``run_in_executor`` in a copied context instead of asgiref's
+``SyncToAsync``; and ``async_to_sync``, which Flask calls for every async
+view, no longer copies the view's attributes with ``functools.wraps``.
+
+asgiref internals used (read from asgiref 3.8 to 3.13): ``WsgiToAsgiInstance``
+and its ``scope``, ``build_environ``, ``start_response``, ``response_start``,
+``response_started``, ``response_content_length`` and ``sync_send``; and
+``SyncToAsync.threadlocal.main_event_loop``/``main_event_loop_pid`` (set in
+``_in_thread``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
+import io
 import itertools
 import json
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from inspect import iscoroutinefunction
@@ -88,6 +108,8 @@ T = TypeVar("T")
 #: Responses with a Content-Length up to this size are built in the worker
 #: thread and sent from the loop in one go; others stream from the thread.
 BUFFER_LIMIT = 1 << 20
+#: Paths whose loop-or-pool answer is kept (then the cache starts again empty).
+PATH_CACHE_SIZE = 1024
 
 
 class FlaskToAsgi:
@@ -98,9 +120,12 @@ class FlaskToAsgi:
         self.flask_app = flask_app
         self.max_body_bytes = max_body_bytes
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="asyncapp-http")
-        # SyncToAsync (not run_in_executor) so that asgiref's AsyncToSync finds
-        # this loop from the worker thread, for async code called from sync views.
-        self._call = SyncToAsync(_respond, thread_sensitive=False, executor=self.executor)
+        #: Loop or pool, per (endpoint, method): decided once each (``decisions`` counts).
+        self._async_endpoints: dict[tuple[str, str], bool] = {}
+        self.decisions = 0
+        #: The same answer per (method, host, root path, path) seen lately: no URL
+        #: match at all for a path asked again, bounded for paths that vary.
+        self._async_paths: dict[tuple[str, str, str, str], bool] = {}
         cls = type(flask_app)
         self.greenlets = (
             cls.ensure_sync is Flask.ensure_sync and cls.async_to_sync is Flask.async_to_sync
@@ -119,33 +144,50 @@ class FlaskToAsgi:
             return
         instance = WsgiToAsgiInstance(self.flask_app)
         instance.scope = scope
-        with SpooledTemporaryFile(max_size=65536) as body:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body: Any
+        if not message.get("more_body"):
+            # The whole body in one message (every GET): no temporary file.
+            chunk = message.get("body", b"")
+            if len(chunk) > self.max_body_bytes:
+                await self._too_large(send)
+                return
+            body = io.BytesIO(chunk)
+        else:
+            body = SpooledTemporaryFile(max_size=65536)  # noqa: SIM115 (closed below)
             size = 0
             while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.max_body_bytes:
+                    body.close()
                     await self._too_large(send)
                     return
                 body.write(chunk)
                 if not message.get("more_body"):
                     break
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    body.close()
+                    return
             body.seek(0)
+        with body:
             try:
                 environ = instance.build_environ(scope, body)
             except ValueError:
                 await _send_whole(send, 400, b"Bad Request: Too many duplicate headers")
                 return
-            if self.greenlets and self._endpoint_is_async(environ):
-                # asgiref declares AsyncToSync; it only ever calls it with the message.
+            # asgiref declares sync_send an AsyncToSync; it only ever calls it with a message.
+            if self.greenlets and self._is_async(scope, environ):
                 instance.sync_send = functools.partial(_await_send, send)  # type: ignore[assignment]
                 buffered = await _run_in_greenlet(_respond, self.flask_app, instance, environ)
             else:
-                instance.sync_send = AsyncToSync(send)
-                buffered = await self._call(self.flask_app, instance, environ)
+                # Used only by streamed responses: an AsyncToSync (5 us) per message
+                # sent rather than one built for every request.
+                instance.sync_send = functools.partial(_send_from_thread, send)  # type: ignore[assignment]
+                buffered = await self._in_pool(instance, environ)
         if buffered is not None:
             start, content = buffered
             await send(start)
@@ -154,12 +196,45 @@ class FlaskToAsgi:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    async def _in_pool(
+        self, instance: WsgiToAsgiInstance, environ: Environ
+    ) -> tuple[Message, bytes] | None:
+        """``_respond`` in a worker thread, in a copy of this task's context.
+
+        What asgiref's ``SyncToAsync`` does for it, less its per-call work
+        (two walks over every context variable, a shield, three partials):
+        its thread-local naming the server loop is set, so that asgiref's
+        ``AsyncToSync`` runs a sync view's async calls on this loop.
+        """
+        loop = asyncio.get_running_loop()
+        run = contextvars.copy_context().run
+        return await loop.run_in_executor(
+            self.executor, run, _in_thread, loop, self.flask_app, instance, environ
+        )
+
+    def _is_async(self, scope: Scope, environ: Environ) -> bool:
+        """Whether to serve this request on the loop: :meth:`_endpoint_is_async`, cached.
+
+        Matching depends on the method, the host (host and subdomain rules),
+        the root path and the path, and Flask refuses new rules once it has
+        served a request, so the answer for a path holds as long as the app.
+        """
+        key = (environ["REQUEST_METHOD"], environ.get("HTTP_HOST", ""), scope.get("root_path", ""),
+               scope["path"])  # fmt: skip
+        decided = self._async_paths.get(key)
+        if decided is None:
+            if len(self._async_paths) >= PATH_CACHE_SIZE:
+                self._async_paths.clear()
+            decided = self._async_paths[key] = self._endpoint_is_async(environ)
+        return decided
+
     def _endpoint_is_async(self, environ: Environ) -> bool:
         """Whether Flask will dispatch this request to a coroutine function.
 
         Matched as Flask matches (its ``create_url_adapter``); when matching
         fails or the view is of a shape not recognised here, False: the pool
         serves every request correctly, the loop only those that cannot block.
+        The view's shape is examined once per endpoint and method.
         """
         app = self.flask_app
         try:
@@ -168,7 +243,15 @@ class FlaskToAsgi:
             rule, _ = url_adapter.match(return_rule=True)  # type: ignore[union-attr]
         except Exception:
             return False
-        view = app.view_functions.get(rule.endpoint)
+        key = (rule.endpoint, environ["REQUEST_METHOD"])
+        decided = self._async_endpoints.get(key)
+        if decided is None:
+            decided = self._async_endpoints[key] = self._view_is_async(*key)
+            self.decisions += 1
+        return decided
+
+    def _view_is_async(self, endpoint: str, method: str) -> bool:
+        view = self.flask_app.view_functions.get(endpoint)
         view_class = getattr(view, "view_class", None)
         if view_class is None:
             return iscoroutinefunction(view)
@@ -176,7 +259,7 @@ class FlaskToAsgi:
             return True
         if view_class.dispatch_request is not MethodView.dispatch_request:
             return False
-        method = environ["REQUEST_METHOD"].lower()
+        method = method.lower()
         handler = getattr(view_class, method, None)
         if handler is None and method == "head":
             handler = getattr(view_class, "get", None)
@@ -218,7 +301,8 @@ def async_to_sync(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., 
         such a request (blocking there would deadlock the loop).
     """
 
-    @functools.wraps(func)
+    # Flask wraps the view again for every request: functools.wraps, copying
+    # five attributes and a __dict__, cost more than the switch itself.
     def run(*args: Any, **kwargs: Any) -> T:
         if isinstance(getcurrent(), _RequestGreenlet):
             return _await(func(*args, **kwargs))
@@ -229,6 +313,7 @@ def async_to_sync(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., 
             )
         return asgiref_async_to_sync(func)(*args, **kwargs)
 
+    run.__wrapped__ = func  # type: ignore[attr-defined]
     return run
 
 
@@ -258,6 +343,22 @@ async def _run_in_greenlet(fn: Callable[..., T], *args: Any) -> T:
         else:
             result = child.switch(value)
     return result
+
+
+def _send_from_thread(send: Callable[[Message], Awaitable[None]], message: Message) -> None:
+    AsyncToSync(send)(message)
+
+
+def _in_thread(
+    loop: asyncio.AbstractEventLoop, wsgi_app: Any, instance: WsgiToAsgiInstance, environ: Environ
+) -> tuple[Message, bytes] | None:
+    # asgiref's AsyncToSync looks for the loop to run async code on in these two
+    # attributes of SyncToAsync.threadlocal (read from asgiref 3.8 to 3.13; the
+    # private part of asgiref used here). Without them a sync view's async
+    # call would start a new loop, and tests/test_views.py's check fails.
+    SyncToAsync.threadlocal.main_event_loop = loop
+    SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
+    return _respond(wsgi_app, instance, environ)
 
 
 def _loop_running() -> bool:
