@@ -134,6 +134,20 @@ async def settled(runtime: Runtime) -> None:
 
 
 @pytest.fixture
+async def served(
+    make_app: Callable[..., Flask],
+) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    """A started default test app (ASGI, in process), a client sending the token, its runtime."""
+    from tests import jobs
+
+    jobs.reset()
+    app = make_app()
+    async with serve(app) as client:
+        client.headers.update(AUTH)
+        yield client, app.extensions["asyncapp"].runtime
+
+
+@pytest.fixture
 async def asgi_client(make_app: Callable[..., Flask]) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a started default test app (ASGI, in process)."""
     async with serve(make_app()) as client:

@@ -33,17 +33,6 @@ OUR_FIELDS = {"coalesce", "jitter", "timezone", "paused", "broken"}
 
 
 @pytest.fixture
-async def served(
-    make_app: Callable[..., Flask],
-) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    jobs.reset()
-    app = make_app()
-    async with serve(app) as client:
-        client.headers.update(AUTH)
-        yield client, app.extensions["asyncapp"].runtime
-
-
-@pytest.fixture
 def client(served: tuple[httpx.AsyncClient, Runtime]) -> httpx.AsyncClient:
     return served[0]
 

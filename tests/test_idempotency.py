@@ -8,34 +8,21 @@ claim transaction's answer fail after it committed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from flask import Flask
 
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.runtime import Runtime
-from tests import jobs
-from tests.conftest import AUTH, serve, settled
+from tests.conftest import settled
 from tests.test_api import assert_error
 
 pytestmark = pytest.mark.timeout(30)
 
 JOB = {"func": "tests.jobs:record", "kwargs": {"tag": "k"}, "trigger": "interval", "minutes": 10}
-
-
-@pytest.fixture
-async def served(
-    make_app: Callable[..., Flask],
-) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    jobs.reset()
-    app = make_app()
-    async with serve(app) as client:
-        client.headers.update(AUTH)
-        yield client, app.extensions["asyncapp"].runtime
 
 
 async def test_a_retried_add_without_id_creates_one_job(
