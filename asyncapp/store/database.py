@@ -32,6 +32,7 @@ applied, but it is not an outage (``down_since`` is left as it was).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -100,11 +101,15 @@ class Database:
         await self._submit(self._writer, self._open, migrate, outage=False)
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Work still running on the read and heartbeat threads (a heartbeat whose
+        # await was cancelled goes on in its thread) ends first, so its connection is
+        # back in the pool when the pool is disposed, and closed with it.
+        for pool in (self._beater, self._reader):
+            await loop.run_in_executor(None, functools.partial(pool.shutdown, wait=True))
         if self.engine is not None:
-            await asyncio.get_running_loop().run_in_executor(self._writer, self.engine.dispose)
+            await loop.run_in_executor(self._writer, self.engine.dispose)
         self._writer.shutdown(wait=True)
-        self._reader.shutdown(wait=True)
-        self._beater.shutdown(wait=True)
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` in one write transaction on the write thread; committed on return.
