@@ -125,6 +125,14 @@ async def mark(path: str, label: str = "", seconds: float = 0) -> None:
     short line to a file opened for appending is atomic, so several processes
     can share the file.
     """
+    _write_mark(path, label)
+    if seconds:
+        await asyncio.sleep(seconds)
+
+
+def _write_mark(path: str, label: str) -> None:
+    """Append ``<scheduled time> <pid> <run id> <label>`` for the current run, in one
+    ``write`` (atomic for a short line appended, so processes can share the file)."""
     run = current_run()
     line = f"{run.scheduled_for.isoformat()} {os.getpid()} {run.run_id} {label}\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -132,8 +140,6 @@ async def mark(path: str, label: str = "", seconds: float = 0) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
-    if seconds:
-        await asyncio.sleep(seconds)
 
 
 @task
@@ -253,12 +259,7 @@ async def mark_attempt(path: str, failing: int = 1, seconds: float = 0) -> None:
     The line is written before anything else, so it is the attempt's ground truth.
     """
     run = current_run()
-    line = f"{run.scheduled_for.isoformat()} {os.getpid()} {run.run_id} attempt{run.attempt}\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    _write_mark(path, f"attempt{run.attempt}")
     if seconds:
         await asyncio.sleep(seconds)
     if run.attempt <= failing:
