@@ -41,6 +41,7 @@ DATABASE_DOWN: Final = "database_unavailable"  # the database could not record a
 OVERLAP: Final = "overlap"  # max_instances runs of the job were still in progress
 SCHEDULER_PAUSED: Final = "scheduler_paused"  # the scheduler was paused or stopped
 REMOVED: Final = "removed"  # a waiting run whose job was removed
+JOB_PAUSED: Final = "paused"  # a run claimed ahead of its time whose job was paused meanwhile
 MISSED_REASONS: Final[dict[str, str]] = {
     COALESCED: "coalesced into a later run of the same job",
     LATE: "could not start within misfire_grace_time of its scheduled time",
@@ -48,7 +49,8 @@ MISSED_REASONS: Final[dict[str, str]] = {
     DATABASE_DOWN: "the database was unavailable at its scheduled time",
     OVERLAP: "the previous run was still in progress (max_instances reached)",
     SCHEDULER_PAUSED: "the scheduler was paused or stopped at its scheduled time",
-    REMOVED: "its job was removed while it waited for the run in progress",
+    REMOVED: "its job was removed before it could start",
+    JOB_PAUSED: "its job was paused after the run was claimed, before its time",
 }
 
 #: A run claimed while another of its job runs, under overlap policy buffer_one.

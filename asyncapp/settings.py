@@ -107,6 +107,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Runs at once in this process; more wait their turn (it shows as lateness).",
     )
+    claim_lead: float = Field(
+        default=0.1,
+        ge=0,
+        le=5,
+        description="Seconds ahead of its time that a scheduled run is claimed, so that it "
+        "starts on time instead of after the claim's commit; 0 claims at the time.",
+    )
     job_threads: int = Field(
         default=16, ge=1, description="Threads running plain def jobs (not the request threads)."
     )

@@ -210,13 +210,36 @@ async def test_times_past_the_grace_say_why_not_coalesced(db: Database) -> None:
 
 async def test_without_coalesce_every_time_runs_as_one_instance(db: Database) -> None:
     job = await add_job(db)
-    times = [NOW - timedelta(seconds=1), NOW]
+    times = [NOW - timedelta(seconds=2), NOW - timedelta(seconds=1)]
     (outcome,) = await run_claim(db, [due(job, *times, coalesce=False)])
     assert [run.scheduled_for for run in outcome.won] == times
     # A second batch of the same job meets max_instances = 1.
-    later = NOW + timedelta(seconds=1)
-    (second,) = await run_claim(db, [Due(job.id, 1, [later], None, coalesce=False)])
-    assert [(run.scheduled_for, run.reason) for run in second.missed] == [(later, OVERLAP)]
+    (second,) = await run_claim(db, [Due(job.id, 1, [NOW], None, coalesce=False)])
+    assert [(run.scheduled_for, run.reason) for run in second.missed] == [(NOW, OVERLAP)]
+
+
+async def test_a_time_claimed_ahead_while_a_run_is_in_progress_waits_for_its_time(
+    db: Database,
+) -> None:
+    job = await add_job(db)
+    (first,) = await run_claim(db, [due(job, NOW - timedelta(seconds=1))])
+    assert len(first.won) == 1
+    ahead = NOW + timedelta(seconds=30)
+    # The run in progress may end before that time: nothing is decided ahead of it.
+    (second,) = await run_claim(db, [Due(job.id, 1, [ahead], None)])
+    assert second.deferred
+    assert not second.won and not second.missed and not second.waiting
+    stored = await db.read(lambda conn: JobStore(db).get(conn, job.id))
+    assert stored is not None and stored.next_run_time == NOW, "nothing advanced"
+    assert len(await ledger(db)) == 1
+
+
+async def test_a_run_claimed_ahead_of_its_time_starts_at_it(db: Database) -> None:
+    job = await add_job(db, next_run_time=NOW + timedelta(seconds=30))
+    ahead = NOW + timedelta(seconds=30)
+    (outcome,) = await run_claim(db, [due(job, ahead)])
+    (run,) = outcome.won
+    assert run.scheduled_for == ahead and run.started_at == ahead
 
 
 async def test_times_past_the_grace_are_missed_with_the_reason(db: Database) -> None:

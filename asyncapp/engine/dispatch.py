@@ -23,6 +23,15 @@ claimed them by then and the late claims lose, cheaply; if it is dead, the
 others take over after that delay.  The delay affects who runs a time, never
 whether it runs once.
 
+Claims are made ``ASYNCAPP_CLAIM_LEAD`` (0.1 s) ahead of the due time (the
+scheduler plans that far ahead), so a run's start does not wait for its
+claim's commit: a run won ahead of its time waits in its task until the time,
+then starts unless its job was removed or paused, or the scheduler paused,
+in the meantime (:meth:`Hooks.not_starting`; the run is then recorded missed
+with that reason).  A time claimed ahead while its job's limit of runs is in
+progress is not decided then (the run may end before the time comes): the
+claim defers it and it is claimed again at its time.
+
 The dispatcher starts each run it wins through the :class:`~asyncapp.engine.runner.Runner`,
 at most ``ASYNCAPP_MAX_RUNNING`` at once in this process (the others wait
 their turn, which shows as start lateness).  It also carries out what a claim
@@ -47,7 +56,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from asyncapp import metrics
-from asyncapp.constants import INTERRUPTED, RUNNING
+from asyncapp.constants import INTERRUPTED, MISSED, MISSED_REASONS, RUNNING
 from asyncapp.engine.runner import Runner
 from asyncapp.errors import DatabaseUnavailable, JobBusy, JobNotFound, NotRunning
 from asyncapp.model.job import JobDef
@@ -93,6 +102,11 @@ class Hooks:
 
     def database_down(self, submissions: list[Submission]) -> None:
         """The claim could not be written; these were not claimed."""
+
+    def not_starting(self, job: JobDef) -> str | None:
+        """Why a run of ``job`` claimed ahead of its time must not start now (a missed
+        reason: the job was removed or paused, or the scheduler paused, meanwhile)."""
+        return None
 
 
 class Dispatcher:
@@ -271,6 +285,9 @@ class Dispatcher:
             if outcome.locked:
                 held.append(submission)
                 continue
+            if outcome.deferred:
+                self._at_its_time(submission)
+                continue
             self._settle(submission, outcome, starts)
             if outcome.stale:
                 stale.add(submission.job.id)
@@ -352,6 +369,12 @@ class Dispatcher:
             answer.set_exception(JobBusy(submission.job.id, submission.job.max_instances))
         else:
             answer.set_exception(JobNotFound(submission.job.id))
+
+    def _at_its_time(self, submission: Submission) -> None:
+        """Claim ``submission`` again when its last time is due (it was claimed ahead of
+        its time while a run of its job was in progress)."""
+        delay = (submission.due.times[-1] - utcnow()).total_seconds()
+        self._loop.call_later(max(0.0, delay), self._queue, submission)
 
     def _retry_later(self, submissions: list[Submission]) -> None:
         """Claim ``submissions`` again after :data:`RETRY_LOCKED`: their rows were held."""
@@ -437,6 +460,9 @@ class Dispatcher:
         for index, run in enumerate(runs):
             started = False
             try:
+                if index == 0 and (reason := await self._its_time(run, job)) is not None:
+                    self._not_started(runs, job, reason)
+                    return
                 async with self._slots:
                     if task is not None:
                         self._current[task] = run
@@ -452,6 +478,37 @@ class Dispatcher:
             finally:
                 if task is not None:
                     self._current.pop(task, None)
+
+    async def _its_time(self, run: Run, job: JobDef) -> str | None:
+        """Wait for the time of ``run`` if it was claimed ahead of it (the claim lead);
+        then the reason it must not start, if one arose meanwhile."""
+        ahead = (run.scheduled_for - utcnow()).total_seconds()
+        if ahead <= 0:
+            return None
+        await asyncio.sleep(ahead)
+        return self.hooks.not_starting(job)
+
+    def _not_started(self, runs: list[Run], job: JobDef, reason: str) -> None:
+        """Record ``runs`` (claimed ahead of their time) missed for ``reason``."""
+        for run in runs:
+            log.warning(
+                "job %s run %s (%s), claimed ahead of its time, does not start: %s",
+                run.job_id,
+                run.id,
+                run.scheduled_for.isoformat(),
+                reason,
+            )
+            metrics.MISSED.labels(job.func, reason).inc()
+            self._runs.pop(run.id, None)
+            self.runner.recorder.finish(
+                run.evolve(
+                    status=MISSED,
+                    started_at=None,
+                    ended_at=utcnow(),
+                    reason=reason,
+                    error_message=MISSED_REASONS[reason],
+                )
+            )
 
     def run_of(self, task: asyncio.Task[Any] | None) -> Run | None:
         """The run ``task`` is running (read by the watchdog's thread: a dict look-up)."""

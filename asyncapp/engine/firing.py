@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -28,7 +29,13 @@ from typing import Any
 
 from sqlalchemy import text
 
-from asyncapp.constants import SCHEDULER_RUNNING, SchedulerState
+from asyncapp.constants import (
+    JOB_PAUSED,
+    REMOVED,
+    SCHEDULER_PAUSED,
+    SCHEDULER_RUNNING,
+    SchedulerState,
+)
 from asyncapp.engine.cache import JobCache
 from asyncapp.engine.cluster import ChangeFeed
 from asyncapp.engine.dispatch import Dispatcher, Hooks, Submission
@@ -44,6 +51,10 @@ from asyncapp.store.jobs import JobStore
 
 log = logging.getLogger("asyncapp.runtime")
 
+#: Removals remembered for runs claimed ahead of their time: past this many, those older
+#: than :data:`REMOVAL_MEMORY` seconds (far longer than any claim lead) are forgotten.
+REMOVALS_KEPT = 1000
+REMOVAL_MEMORY = 60.0
 #: Seconds between attempts to reach the database again after a failed claim.
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 
@@ -57,10 +68,13 @@ class FiringEngine(Hooks):
         self.store = JobStore(db)
         self.cache = JobCache(tasks, settings.zone)
         self.feed = ChangeFeed(db, self.store, settings.sync_interval, self._apply)
+        self.lead = settings.claim_lead
         self._scheduler: Scheduler | None = None
         self._paused_since: datetime | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        #: Jobs removed lately (monotonic time of the removal), for :meth:`not_starting`.
+        self._removed: dict[str, float] = {}
 
     @property
     def scheduler(self) -> Scheduler:
@@ -93,7 +107,7 @@ class FiringEngine(Hooks):
             lambda conn: (store.all(conn), store.scheduler_state(conn))
         )
         self.cache.load(jobs)
-        scheduler = self._scheduler = Scheduler(self.cache, dispatcher)
+        scheduler = self._scheduler = Scheduler(self.cache, dispatcher, lead=self.lead)
         scheduler.stored_state = state
         scheduler.start(paused=state != SCHEDULER_RUNNING)
         if state != SCHEDULER_RUNNING:
@@ -120,7 +134,7 @@ class FiringEngine(Hooks):
         for job in jobs:
             self.cache.put(job)
         for job_id in removed:
-            self.cache.drop(job_id)
+            self._drop(job_id)
         self._wake()
 
     def state_applied(self, state: SchedulerState) -> None:
@@ -150,9 +164,20 @@ class FiringEngine(Hooks):
             if job_id in found:
                 self.cache.put(found[job_id])
             else:
-                self.cache.drop(job_id)
+                self._drop(job_id)
         self.state_applied(state)
         self._wake()
+
+    def _drop(self, job_id: str) -> None:
+        """Forget ``job_id``, removed from the database; remember the removal a while for
+        :meth:`not_starting` (a finished one-shot job leaves the cache too, and runs)."""
+        self.cache.drop(job_id)
+        now = time.monotonic()
+        if len(self._removed) > REMOVALS_KEPT:
+            self._removed = {
+                key: at for key, at in self._removed.items() if now - at < REMOVAL_MEMORY
+            }
+        self._removed[job_id] = now
 
     def _wake(self) -> None:
         if self._scheduler is not None and self._scheduler.running:
@@ -163,6 +188,16 @@ class FiringEngine(Hooks):
     def job_for(self, job_id: str) -> tuple[JobDef, Callable[..., Any]] | None:
         entry = self.cache.entry(job_id)
         return None if entry is None else (entry.job, entry.func)
+
+    def not_starting(self, job: JobDef) -> str | None:
+        entry = self.cache.entry(job.id)
+        if entry is None:
+            return REMOVED if job.id in self._removed else None
+        if entry.job.paused:
+            return JOB_PAUSED
+        if self.state_name != SCHEDULER_RUNNING:
+            return SCHEDULER_PAUSED
+        return None
 
     def stale(self, job_ids: set[str]) -> None:
         self._spawn(self._reload(job_ids))

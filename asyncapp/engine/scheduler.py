@@ -59,10 +59,12 @@ FOLD_AFTER = 100
 class Scheduler(AsyncIOScheduler):
     """An AsyncIOScheduler whose wakeups hand due jobs to the dispatcher."""
 
-    def __init__(self, cache: JobCache, dispatcher: Dispatcher) -> None:
+    def __init__(self, cache: JobCache, dispatcher: Dispatcher, *, lead: float = 0.0) -> None:
         super().__init__(jobstores={"default": cache}, timezone=UTC)
         self.cache = cache
         self.dispatcher = dispatcher
+        #: Seconds ahead of its time that a due time is planned and claimed.
+        self.lead = timedelta(seconds=lead)
         #: The scheduler-wide state, as this process last read it from the database.
         self.stored_state: SchedulerState = SCHEDULER_RUNNING
         #: True while the database is unavailable: nothing is planned or claimed.
@@ -108,9 +110,10 @@ class Scheduler(AsyncIOScheduler):
         if self.state == STATE_PAUSED or self.held:
             return None
         now = datetime.now(UTC)
+        horizon = now + self.lead
         deadline = time.perf_counter() + BUDGET
-        for entry in self.cache.get_due_jobs(now):
-            times, folded, next_time = plan(entry, now)
+        for entry in self.cache.get_due_jobs(horizon):
+            times, folded, next_time = plan(entry, now, horizon)
             job = entry.job
             due = Due(
                 job.id,
@@ -129,14 +132,16 @@ class Scheduler(AsyncIOScheduler):
         next_run = self.cache.get_next_run_time()
         if next_run is None:
             return None
-        wait: float = min(max((next_run - datetime.now(UTC)).total_seconds(), 0.0), TIMEOUT_MAX)
+        ahead = next_run - self.lead - datetime.now(UTC)
+        wait: float = min(max(ahead.total_seconds(), 0.0), TIMEOUT_MAX)
         return wait
 
 
 def plan(
-    entry: Entry, now: datetime
+    entry: Entry, now: datetime, horizon: datetime | None = None
 ) -> tuple[list[datetime], tuple[datetime, datetime] | None, datetime | None]:
-    """The due times of ``entry`` up to ``now``: (times, folded range, next time after them).
+    """The due times of ``entry`` up to ``horizon`` (default ``now``): (times, folded
+    range, next time after them).
 
     Times older than the job's misfire grace cannot run; after the first
     :data:`FOLD_AFTER` of them, the rest (say, a day of a 1 s job while no
@@ -147,12 +152,13 @@ def plan(
     cutoff = None if grace is None else now - timedelta(seconds=grace)
     times: list[datetime] = []
     folded: tuple[datetime, datetime] | None = None
+    horizon = now if horizon is None else horizon
     moment = entry.next_run_time
-    while moment is not None and moment <= now and len(times) < MAX_TIMES:
+    while moment is not None and moment <= horizon and len(times) < MAX_TIMES:
         if folded is None and cutoff is not None and moment < cutoff and len(times) >= FOLD_AFTER:
             folded = (moment, cutoff)
             moment = fire_time_after(entry.trigger, None, cutoff)
             continue
         times.append(moment)
-        moment = fire_time_after(entry.trigger, moment, now)
+        moment = fire_time_after(entry.trigger, moment, horizon)
     return times, folded, moment

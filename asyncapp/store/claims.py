@@ -11,6 +11,8 @@ while the previous batch was being written), and for each:
   tries it again shortly), so one held row delays its job, not the others;
   a "run now" waits for it, bounded by the database's lock timeout;
 - checks the scheduler-wide state: paused or stopped means no claim;
+- defers a time claimed ahead of its time (the claim lead) while the job's
+  limit of runs is in progress: it is decided at its time;
 - drops times the database already accounts for (before its ``next_run_time``):
   another process handled them;
 - decides each remaining time: run it, or a missed record saying why
@@ -126,6 +128,9 @@ class Outcome:
     busy: bool = False
     #: Another transaction holds the job's row: nothing was claimed; try again shortly.
     locked: bool = False
+    #: Claimed ahead of its time (the claim lead) while the job's limit of runs was
+    #: in progress: nothing was claimed; claim it again at its time.
+    deferred: bool = False
 
 
 class Reasons:
@@ -230,6 +235,11 @@ def claim(
         if row.state != SCHEDULER_RUNNING:
             outcome.halted = True
             continue
+        if due.times and due.times[-1] > now and running[due.job_id] >= cap:
+            # Ahead of its time while a run is in progress: the run may end before
+            # the time comes, so decide at the time, as without a lead.
+            outcome.deferred = True
+            continue
         accounted = datetime.fromtimestamp(row.next_run_time, UTC) - EPSILON
         if due.folded is not None and due.folded[1] > accounted:
             first = max(due.folded[0], accounted + EPSILON)
@@ -325,6 +335,7 @@ def end_runs(
                 "error_type": run.error_type,
                 "error_message": run.error_message,
                 "attempt": run.attempt,
+                "reason": run.reason,
             }
             for run in ended
         ],
@@ -664,7 +675,8 @@ def _run(
         scheduled_for=scheduled_for,
         node=node,
         process_id=process_id,
-        started_at=now if status == RUNNING else None,
+        # A run claimed ahead of its time (the claim lead) starts at that time.
+        started_at=max(now, scheduled_for) if status == RUNNING else None,
         status=status,  # type: ignore[arg-type]
     )
 
@@ -745,6 +757,7 @@ END_RUN = (
         error_type=bindparam("error_type"),
         error_message=bindparam("error_message"),
         attempt=bindparam("attempt"),
+        reason=bindparam("reason"),
     )
 )
 
