@@ -65,7 +65,8 @@ collector walking what every call in flight keeps alive, which ``asgi.py``
 now does less often (see ``asgi._freeze_startup_objects``).
 
 Each request is counted by host and status class in
-``asyncapp_http_client_requests`` (``error`` when no answer came), in the
+``asyncapp_http_client_requests`` (``error`` when no answer came; past
+``ASYNCAPP_HTTP_METRIC_HOSTS`` distinct hosts, as host ``other``), in the
 transport, where failures without a response are seen too (httpx's event
 hooks see only responses).
 """
@@ -74,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -107,6 +109,10 @@ _ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
 #: Entries each per-client cache (URLs, timeouts, counters) holds before it starts
 #: again empty: every call an app repeats hits it, and one-off URLs cannot grow it.
 CACHE_SIZE = 512
+#: The ``host`` label of requests to hosts past ``ASYNCAPP_HTTP_METRIC_HOSTS``.
+OTHER_HOSTS = "other"
+
+log = logging.getLogger("asyncapp.http")
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -173,9 +179,15 @@ class _Transport(httpx.AsyncBaseTransport):
     pool, instead of through an async iterator.
     """
 
-    def __init__(self, limits: httpx.Limits, timeout: httpx.Timeout) -> None:
+    def __init__(
+        self, limits: httpx.Limits, timeout: httpx.Timeout, *, metric_hosts: int = 100
+    ) -> None:
         self.limits = limits
         self.timeout = timeout
+        #: Distinct ``host`` labels counted; the requests to further hosts count as
+        #: ``other`` (a job that calls a host per user must not grow /metrics forever).
+        self.metric_hosts = metric_hosts
+        self._hosts: set[str] = set()
         self.ssl_context = httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
@@ -282,6 +294,21 @@ class _Transport(httpx.AsyncBaseTransport):
     def _count(self, host: str, status: str) -> None:
         child = self._counters.get((host, status))
         if child is None:
+            if host not in self._hosts:
+                if len(self._hosts) >= self.metric_hosts:
+                    if OTHER_HOSTS not in self._hosts:
+                        log.warning(
+                            "the shared HTTP client has called %d hosts: requests to "
+                            "further hosts are counted as host=%r in %s "
+                            "(ASYNCAPP_HTTP_METRIC_HOSTS)",
+                            self.metric_hosts,
+                            OTHER_HOSTS,
+                            "asyncapp_http_client_requests",
+                        )
+                        self._hosts.add(OTHER_HOSTS)
+                    self._count(OTHER_HOSTS, status)
+                    return
+                self._hosts.add(host)
             if len(self._counters) >= CACHE_SIZE:
                 self._counters.clear()
             child = self._counters[host, status] = metrics.HTTP_REQUESTS.labels(host, status)
@@ -372,7 +399,7 @@ def open_client(settings: Settings) -> httpx.AsyncClient:
     )
     timeout = httpx.Timeout(settings.http_timeout)
     client = SharedClient(
-        transport=_Transport(limits, timeout),
+        transport=_Transport(limits, timeout, metric_hosts=settings.http_metric_hosts),
         timeout=timeout,
         headers={"user-agent": "asyncapp"},
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import importlib
 import logging
@@ -372,11 +373,15 @@ class Runtime:
         """One round trip to the database. :raises DatabaseUnavailable:"""
         await self.db.read(lambda conn: conn.execute(text("SELECT 1")))
 
-    async def prune(self) -> int:
+    async def prune(self, job_ids: Iterable[str] | None = None) -> int:
         """Delete run history beyond ``ASYNCAPP_HISTORY_DAYS`` / ``_PER_JOB``, in batches
         (one transaction each, so claims get the write thread in between); returns how many.
         Answers kept for idempotency keys go after a day; the change history goes after
-        ``ASYNCAPP_HISTORY_DAYS`` too."""
+        ``ASYNCAPP_HISTORY_DAYS`` too.
+
+        ``ASYNCAPP_HISTORY_PER_JOB`` is applied to ``job_ids`` (default: every job with
+        runs, a scan of the whole history's job index): after its first pass, each
+        process passes the jobs it recorded runs of since, each one an indexed query."""
         settings = self.settings
         older_than = (
             datetime.now(UTC) - timedelta(days=settings.history_days)
@@ -394,25 +399,31 @@ class Runtime:
                 == PRUNE_BATCH
             ):
                 pass
+        jobs = None if job_ids is None else sorted(job_ids)
+        slices = [None] if jobs is None else [jobs[i : i + 100] for i in range(0, len(jobs), 100)]
         total = 0
-        while True:
-            deleted = await self.db.write(
-                lambda conn: prune(
-                    conn,
-                    older_than=older_than,
-                    keep_per_job=settings.history_per_job,
-                    batch=PRUNE_BATCH,
-                )
+        for some in slices or [[]]:
+            step = functools.partial(
+                prune,
+                older_than=older_than,
+                keep_per_job=settings.history_per_job,
+                batch=PRUNE_BATCH,
+                job_ids=some,
             )
-            total += deleted
-            if deleted < PRUNE_BATCH:
-                return total
+            while True:
+                deleted = await self.db.write(step)
+                total += deleted
+                if deleted < PRUNE_BATCH:
+                    break
+        return total
 
     async def _prune_forever(self) -> None:
         await asyncio.sleep(PRUNE_FIRST)
+        touched: set[str] | None = None  # the first pass: every job
         while True:
             try:
-                deleted = await self.prune()
+                deleted = await self.prune(touched)
+                touched = self.dispatcher.touched()
             except DatabaseUnavailable:
                 deleted = 0
             except Exception:

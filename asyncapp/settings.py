@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(
         default=1000, ge=1, description="Connection limit of the shared HTTP client."
     )
+    http_metric_hosts: int = Field(
+        default=100,
+        ge=1,
+        description="Distinct hosts counted by name in asyncapp_http_client_requests; "
+        "requests to further hosts count as host 'other'.",
+    )
     sync_interval: float = Field(
         default=0.5,
         gt=0,

@@ -355,9 +355,26 @@ def pg_url() -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield (f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{schema}")
+        # The schema names the connections too, so that teardown can end those of
+        # servers still running (a server fixture set up before this one is stopped
+        # after it): a DROP racing their transactions can deadlock.
+        yield (
+            f"postgresql+psycopg://127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+            f"&application_name={schema}"
+        )
     finally:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        for attempt in range(5):
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                [schema],
+            )
+            try:
+                admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+                break
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 4:
+                    raise
         admin.close()
 
 

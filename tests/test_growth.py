@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from asyncapp.constants import DATABASE_DOWN, LATE, SCHEDULER_PAUSED
 from asyncapp.store.claims import Reasons
 from asyncapp.store.tables import changes_table, requests_table
-from tests.conftest import AUTH, serve
+from tests.conftest import AUTH, serve, settled
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,3 +70,44 @@ def test_a_process_remembers_only_its_latest_outages_and_pauses() -> None:
     assert reasons.late(latest + timedelta(minutes=5)) == DATABASE_DOWN
     assert reasons.late(latest + timedelta(minutes=25)) == SCHEDULER_PAUSED
     assert reasons.late(latest + timedelta(minutes=40)) == LATE
+
+
+async def test_later_prunes_visit_only_the_jobs_that_ran_since(
+    make_app: Callable[..., Flask],
+) -> None:
+    from asyncapp.model.run import Run
+    from asyncapp.store.tables import runs_table
+    from tests import jobs
+
+    jobs.reset()
+    app = make_app(history_per_job=2, history_days=0)
+    async with serve(app) as client:
+        runtime = app.extensions["asyncapp"].runtime
+        now = datetime.now(UTC)
+        old = [
+            Run(job_id=job_id, scheduled_for=now - timedelta(hours=i), node="n", status="success")
+            for job_id in ("idle", "ran")
+            for i in range(1, 5)
+        ]
+        await runtime.db.write(
+            lambda conn: conn.execute(runs_table.insert(), [r.row() for r in old])
+        )
+        body = {"id": "ran", "func": "tests.jobs:record", "args": ["ran"], "trigger": "date"}
+        assert (await client.post("/scheduler/jobs", json=body, headers=AUTH)).is_success
+        await jobs.wait_fired("ran")
+        await settled(runtime)
+        touched = runtime.dispatcher.touched()
+        assert touched == {"ran"}
+        assert runtime.dispatcher.touched() == set(), "taken once"
+        # Only the job that ran is visited: "idle" keeps its 4 runs until a full pass.
+        assert await runtime.prune(touched) == 3
+
+        def count(conn: Connection) -> dict[str, int]:
+            rows = conn.execute(
+                select(runs_table.c.job_id, func.count()).group_by(runs_table.c.job_id)
+            )
+            return {job_id: int(n) for job_id, n in rows}
+
+        assert await runtime.db.read(count) == {"idle": 4, "ran": 2}
+        assert await runtime.prune() == 2
+        assert await runtime.db.read(count) == {"idle": 2, "ran": 2}

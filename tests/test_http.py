@@ -245,6 +245,25 @@ async def test_requests_are_counted_by_host_and_status_class(upstream: str) -> N
     assert count("127.0.0.1", "error") == before_error + 1
 
 
+async def test_hosts_past_the_label_limit_are_counted_as_other() -> None:
+    from asyncapp.metrics import HTTP_REQUESTS
+
+    def count(host: str) -> float:
+        return float(HTTP_REQUESTS.labels(host, "error")._value.get())
+
+    hosts = ["127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"]
+    before = {host: count(host) for host in [*hosts, http.OTHER_HOSTS]}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # a port nothing listens on, on any loopback address
+        port = sock.getsockname()[1]
+        async with shared_client(http_metric_hosts=2) as client:
+            for host in hosts:
+                with pytest.raises(httpx.ConnectError):
+                    await client.get(f"http://{host}:{port}/")
+    assert [count(host) - before[host] for host in hosts] == [1, 1, 0, 0]
+    assert count(http.OTHER_HOSTS) - before[http.OTHER_HOSTS] == 2
+
+
 async def test_a_url_string_is_parsed_once_per_base_url(
     upstream: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -567,3 +567,22 @@ async def test_a_claim_the_database_refuses_goes_to_database_down(
     assert runner.started == [] and one.running == 0
     assert runner.recorder.pending == 1  # handed back to the recorder, not lost
     assert db.down_since is not None
+
+
+async def test_definitions_kept_for_runs_taken_over_are_bounded(
+    db: WatchedDatabase,
+    now: datetime,
+    dispatchers: list[Dispatcher],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asyncapp.engine import dispatch
+
+    monkeypatch.setattr(dispatch, "LATEST_KEPT", 3)
+    one, runner = dispatcher(dispatchers, db, now)
+    made = [job(f"k{index}", next_run_time=now) for index in range(5)]
+    for each in made:
+        one.start_runs([Run(job_id=each.id, scheduled_for=now, node="n")], each, tick)
+    await runner.wait_started(5)
+    assert list(one._latest) == ["k2", "k3", "k4"], "the latest 3 jobs, no more"
+    for each in made:
+        runner.release[each.id].set()

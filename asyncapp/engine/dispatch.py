@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,10 @@ log = logging.getLogger("asyncapp.run")
 
 #: Runs started per turn of the loop after a claim (see ``Dispatcher._claim``).
 WAVE = 32
+#: Jobs whose latest definition the dispatcher keeps for runs it takes over after the
+#: job left the cache (removed, or a one-shot job that fired): a bound, not a cache size
+#: that matters, since a job still in the cache is found there.
+LATEST_KEPT = 1000
 #: Seconds a process waits before claiming jobs another live process prefers.
 SPREAD_DELAY = 0.25
 #: Seconds before a claim is tried again when its job's row (or SQLite's write
@@ -139,8 +144,11 @@ class Dispatcher:
         self._runs: dict[str, asyncio.Task[None]] = {}
         #: The run each of those tasks is running now.
         self._current: dict[asyncio.Task[Any], Run] = {}
-        #: The job and function each job's latest run here started with.
-        self._latest: dict[str, tuple[JobDef, Callable[..., Any]]] = {}
+        #: The job and function each job's latest run here started with (for a run to
+        #: take over after its job left the cache); the :data:`LATEST_KEPT` latest jobs.
+        self._latest: OrderedDict[str, tuple[JobDef, Callable[..., Any]]] = OrderedDict()
+        #: Jobs with runs or missed records claimed here since :meth:`touched`.
+        self._touched: set[str] = set()
         self._slots = asyncio.Semaphore(runner.settings.max_running)
         self._promoter: asyncio.Task[None] | None = None
 
@@ -177,6 +185,12 @@ class Dispatcher:
         for submission in pending:
             if submission.answer is not None and not submission.answer.done():
                 submission.answer.set_exception(NotRunning("the job executor"))
+
+    def touched(self) -> set[str]:
+        """The jobs with runs or missed records claimed here since the last call (whose
+        history may have grown past ``ASYNCAPP_HISTORY_PER_JOB``)."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     def prefers(self, job_id: str) -> bool:
         index, count = self.rank
@@ -316,6 +330,8 @@ class Dispatcher:
         starts: list[tuple[list[Run], JobDef, Callable[..., Any]]],
     ) -> None:
         due = submission.due
+        if outcome.won or outcome.missed or outcome.waiting:
+            self._touched.add(due.job_id)
         lost = len(due.times) + (due.folded is not None) - len(outcome.won) - len(outcome.missed)
         if not due.manual and not outcome.stale and not outcome.halted:
             metrics.CLAIMS_LOST.inc(max(0, lost - len(outcome.waiting)))
@@ -395,6 +411,9 @@ class Dispatcher:
         for run in runs:
             self._runs[run.id] = task
         self._latest[job.id] = job, func
+        self._latest.move_to_end(job.id)
+        if len(self._latest) > LATEST_KEPT:
+            self._latest.popitem(last=False)
         task.add_done_callback(lambda _: self._forget(runs))
 
     async def _promote_forever(self) -> None:

@@ -8,6 +8,7 @@ with their earlier attempts.  Rows are written by claims
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -161,11 +162,20 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def prune(conn: Connection, *, older_than: datetime | None, keep_per_job: int, batch: int) -> int:
+def prune(
+    conn: Connection,
+    *,
+    older_than: datetime | None,
+    keep_per_job: int,
+    batch: int,
+    job_ids: list[str] | None = None,
+) -> int:
     """Delete up to ``batch`` ended runs: older than ``older_than``, or beyond the newest
-    ``keep_per_job`` of their job.  Returns how many went; call again until it is 0.
+    ``keep_per_job`` of their job (of ``job_ids``; None: of every job, found by a
+    ``GROUP BY`` over the job index).  Returns how many went; call again until it is 0.
 
-    Runs in progress or waiting are never deleted, nor their attempts.
+    Runs in progress or waiting are never deleted, nor their attempts.  Each job's
+    excess is one query on the (job, scheduled time) index.
     """
     final = runs_table.c.status.not_in(("running", "waiting"))
     doomed: list[str] = []
@@ -178,11 +188,15 @@ def prune(conn: Connection, *, older_than: datetime | None, keep_per_job: int, b
             ).scalars()
         )
     if keep_per_job and len(doomed) < batch:
-        crowded = conn.execute(
-            select(runs_table.c.job_id)
-            .group_by(runs_table.c.job_id)
-            .having(func.count() > keep_per_job)
-        ).scalars()
+        crowded: Iterable[str] = (
+            job_ids
+            if job_ids is not None
+            else conn.execute(
+                select(runs_table.c.job_id)
+                .group_by(runs_table.c.job_id)
+                .having(func.count() > keep_per_job)
+            ).scalars()
+        )
         for job_id in crowded:
             doomed.extend(
                 conn.execute(
