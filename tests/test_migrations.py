@@ -5,9 +5,12 @@ succeed."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,3 +226,28 @@ def test_processes_migrating_a_fresh_database_at_once_all_succeed(url: str) -> N
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_the_written_head_is_alembics_head() -> None:
+    """A new migration must move ``HEAD_REVISION``: at head, startup skips Alembic."""
+    from asyncapp.store.migrate import HEAD_REVISION
+
+    assert head_revision() == HEAD_REVISION
+
+
+def test_a_database_at_head_is_opened_without_importing_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lazy.db'}"
+    code = (
+        "import asyncio, sys\n"
+        "from asyncapp.store.database import Database\n"
+        "async def main():\n"
+        f"    db = Database({url!r})\n"
+        "    await db.open()\n"
+        "    await db.close()\n"
+        "asyncio.run(main())\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert first.stdout.strip() == "True", "a fresh file is migrated with Alembic"
+    assert again.stdout.strip() == "False", "at head, Alembic is not imported"

@@ -49,7 +49,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.dml import Insert
 
 from asyncapp.errors import DatabaseUnavailable
-from asyncapp.store.migrate import current_revision, head_revision, migrate
+from asyncapp.store.migrate import HEAD_REVISION, current_revision, migrate
 
 log = logging.getLogger("asyncapp.db")
 T = TypeVar("T")
@@ -203,7 +203,7 @@ class Database:
             _bound_waits(engine, self.lock_timeout, self.idle_timeout)
         if upgrade and self.dialect == "sqlite":
             migrate(engine)
-        elif not upgrade and current_revision(engine) != head_revision():
+        elif not upgrade and current_revision(engine) != HEAD_REVISION:
             engine.dispose()
             raise DatabaseUnavailable(
                 "its schema is older than this asyncapp; start the server (or run a command "

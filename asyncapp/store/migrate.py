@@ -19,11 +19,12 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, column, inspect, select, table, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("asyncapp.db")
 
@@ -31,16 +32,25 @@ VERSION_TABLE = "asyncapp_alembic_version"
 #: Any 64-bit number both processes agree on; this one spells "asyncapp".
 ADVISORY_LOCK_KEY = 0x6173796E63617070 & 0x7FFFFFFFFFFFFFFF
 INITIAL_REVISION = "0001"
+#: The newest revision under ``migrations/versions`` (a test checks it against Alembic's
+#: script directory).  Written here so that a process whose database is already at
+#: head never imports Alembic: 0.1 s of startup and about 10 MB of memory.
+HEAD_REVISION = "0004"
 VERSION = table(VERSION_TABLE, column("version_num"))
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", "asyncapp.store:migrations")
     return config
 
 
 def head_revision() -> str:
+    """The newest revision, as Alembic's script directory says (imports Alembic)."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
@@ -60,9 +70,11 @@ def _revision(conn: Connection) -> str | None:
 
 def migrate(engine: Engine) -> None:
     """Bring the database's schema to the latest revision (blocking; call off the loop)."""
-    head = head_revision()
-    if current_revision(engine) == head:
+    if current_revision(engine) == HEAD_REVISION:
         return
+    from alembic import command
+
+    head = head_revision()
     with _exclusive(engine):
         config = alembic_config()
         with engine.begin() as conn:
