@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 
 from asyncapp.constants import (
     COALESCED,
@@ -21,6 +22,7 @@ from asyncapp.constants import (
     OVERLAP,
     RUNNING,
     SCHEDULER_PAUSED_STATE,
+    WAITING,
 )
 from asyncapp.model.job import JobDef
 from asyncapp.model.values import as_utc
@@ -411,6 +413,7 @@ async def test_buffer_one_waits_one_run_and_the_end_of_the_running_one_starts_it
     assert first.won and [run.scheduled_for for run in second.waiting] == [times[1]]
     assert [(run.scheduled_for, run.reason) for run in third.missed] == [(times[2], OVERLAP)]
     ended = first.won[0].finish("success")
+    await register(db, "p1")
     recorded, started = await db.write(
         lambda conn: end_runs(conn, db, [ended], "p1", buffered=[job.id])
     )
@@ -418,6 +421,34 @@ async def test_buffer_one_waits_one_run_and_the_end_of_the_running_one_starts_it
     assert [(run.id, run.process_id) for run in started] == [(second.waiting[0].id, "p1")]
     statuses = [(row.status, row.process_id) for row in await ledger(db)]
     assert statuses == [("success", "p1"), (RUNNING, "p1"), (MISSED, None)]
+
+
+async def test_a_process_presumed_dead_starts_no_waiting_run(db: Database) -> None:
+    from asyncapp.store.claims import end_runs
+
+    job = await add_job(db, overlap="buffer_one")
+    times = [NOW - timedelta(seconds=1), NOW]
+    (first,) = await run_claim(db, [due(job, times[0], overlap="buffer_one")], "p1")
+    (second,) = await run_claim(db, [due(job, times[1], overlap="buffer_one")], "p2")
+    assert first.won and second.waiting
+    # p1 has no row in asyncapp_processes: it was presumed dead (and fenced).
+    _, started = await db.write(
+        lambda conn: end_runs(conn, db, [first.won[0].finish("success")], "p1", buffered=[job.id])
+    )
+    assert started == []
+    statuses = [row.status for row in await ledger(db)]
+    assert statuses == ["success", WAITING], "the waiting run stays for a live process"
+
+
+async def register(db: Database, process_id: str) -> None:
+    await db.write(
+        lambda conn: conn.execute(
+            insert(processes_table).values(
+                id=process_id, node=f"node-{process_id}", host="test", pid=0, role="server",
+                started_at=0.0, heartbeat_at=time.time(), version="0", info="{}",
+            )
+        )
+    )  # fmt: skip
 
 
 async def test_cancel_other_ends_the_running_run_and_starts_the_new_one(db: Database) -> None:

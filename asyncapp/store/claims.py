@@ -71,6 +71,7 @@ from asyncapp.model.run import Run, new_id
 from asyncapp.model.values import as_utc
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import load
+from asyncapp.store.processes import registered
 from asyncapp.store.runs import get_run
 from asyncapp.store.tables import attempts_table, jobs_table, processes_table, runs_table
 
@@ -341,6 +342,9 @@ def end_runs(
         ],
     )
     recorded = len(ended) if result.rowcount is None or result.rowcount < 0 else result.rowcount
+    if buffered and not registered(conn, db, process_id):
+        # Presumed dead: the reaper ended this process's runs and started what waited.
+        return recorded, []
     return recorded, _promote(conn, buffered, process_id)
 
 
