@@ -41,6 +41,7 @@ DATABASE_DOWN: Final = "database_unavailable"  # the database could not record a
 OVERLAP: Final = "overlap"  # max_instances runs of the job were still in progress
 SCHEDULER_PAUSED: Final = "scheduler_paused"  # the scheduler was paused or stopped
 REMOVED: Final = "removed"  # a waiting run whose job was removed
+CHANGED: Final = "changed"  # its job was changed or paused before the due time was claimed
 MISSED_REASONS: Final[dict[str, str]] = {
     COALESCED: "coalesced into a later run of the same job",
     LATE: "could not start within misfire_grace_time of its scheduled time",
@@ -49,6 +50,7 @@ MISSED_REASONS: Final[dict[str, str]] = {
     OVERLAP: "the previous run was still in progress (max_instances reached)",
     SCHEDULER_PAUSED: "the scheduler was paused or stopped at its scheduled time",
     REMOVED: "its job was removed while it waited for the run in progress",
+    CHANGED: "its job was paused or rescheduled after this time fell due, before it was claimed",
 }
 
 #: A run claimed while another of its job runs, under overlap policy buffer_one.
