@@ -38,9 +38,10 @@ and then terminates the others, killing a worker still draining its runs (no
 ``stopped`` line, its process row left for the next start to reap, its runs
 left ``running``); and a SIGTERM sent to the whole process group (systemd,
 ``kill -- -PGID``) killed every worker at once.  So a worker takes SIGTERM as
-"stop gracefully": it sets the parent's event if no one has yet, and is
-otherwise ignored, and the drain goes on.  The parent's exit then waits for it
-(``multiprocessing`` joins its worker processes at exit).
+"stop gracefully": it passes the signal on to the parent if the parent has not
+set its event yet, and is otherwise ignored, and the drain goes on.  The
+parent's exit then waits for it (``multiprocessing`` joins its worker processes
+at exit).
 
 Per request this wrapper (response headers, the watchdog's note of which
 request a task serves, the shared client bound, the access line) costs about
@@ -55,6 +56,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
+import os
 import re
 import signal
 import sys
@@ -180,12 +183,17 @@ def _follow_hypercorn_shutdown() -> None:
     if event is None:
         return
 
+    parent = multiprocessing.parent_process()
+
     def on_sigterm() -> None:
-        if event.is_set():
+        if event.is_set() or parent is None or parent.pid is None:
             log.info("SIGTERM while stopping: running jobs still get their grace period")
             return
+        # Passed on to Hypercorn's parent, which stops every worker and then itself:
+        # setting the event here would stop the workers, and the parent would start
+        # new ones, in a loop.
         log.warning("SIGTERM: stopping every worker of this server gracefully")
-        event.set()
+        os.kill(parent.pid, signal.SIGTERM)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
 

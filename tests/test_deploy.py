@@ -4,6 +4,8 @@ cleanly, and old and new code running side by side on one database.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -50,6 +52,29 @@ def test_sigterm_to_two_workers_on_postgres_stops_both_cleanly(
         assert [r.status for r in ledger] == ["success"], (attempt, said)
     # No start found a process left behind to call dead.
     assert not [o for o in outputs if "stopped heartbeating" in o]
+
+
+def test_sigterm_to_one_worker_stops_the_whole_server_gracefully_once(
+    hypercorn_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Before: the worker died at once (no handler of its own), and Hypercorn's parent
+    then killed the others.  Setting the parent's event from the worker instead would
+    have had the parent start new workers, which stopped at once, in a loop."""
+    server = hypercorn_server(workers=2, **FAST)
+    workers = wait_until(lambda: len(live(server)) == 2 and live(server), what="two workers")
+    path = tmp_path / "spans"
+    add(server, {"id": "busy", "func": "tests.jobs:span", "args": [str(path), 3],
+                 "trigger": "date", "run_date": whole_second(0.5).isoformat()})  # fmt: skip
+    wait_until(lambda: spans(path), what="the run to start")
+    os.kill(workers[0]["pid"], signal.SIGTERM)
+    code, said = server.exited(timeout=60)
+    assert code == 0, said
+    assert said.count("asyncapp started on") == said.count("asyncapp stopped on") == 2, said
+    (start, end, _), *more = spans(path)
+    assert not more and end - start >= 2.9
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    assert [r.status for r in rows(url, "SELECT status FROM asyncapp_runs")] == ["success"]
+    assert rows(url, "SELECT id FROM asyncapp_processes") == []
 
 
 def test_old_and_new_code_side_by_side_never_undo_each_other(
