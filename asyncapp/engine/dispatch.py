@@ -204,6 +204,9 @@ class Dispatcher:
         if self.prefers(submission.job.id):
             self._queue(submission)
         else:
+            # Late on purpose, not stalled: a job firing more often than the delay
+            # must not coalesce each of its times into the next (see Due.final).
+            submission.due.final = True
             self._loop.call_later(SPREAD_DELAY, self._queue, submission)
 
     async def run_now(

@@ -103,9 +103,10 @@ class Due:
     #: The id a manual run takes (derived from an ``Idempotency-Key``): if a run with it
     #: exists, the claim answers with that run instead of starting another.
     run_id: str | None = None
-    #: Queued while a claim of the same job was being written: its latest time runs even
-    #: if a later one is due by now, so a job whose claims lag behind its interval
-    #: still runs (once per claim) instead of coalescing every time into the next.
+    #: Queued while a claim of the same job was being written, or late on purpose (a
+    #: job another process prefers): its latest time runs even if a later one is due
+    #: by now, so a job whose claims lag behind its interval still runs (once per
+    #: claim) instead of coalescing every time into the next.
     final: bool = False
 
 
