@@ -455,3 +455,34 @@ async def test_a_time_claimed_after_the_next_fell_due_coalesces_into_it_unless_f
                  misfire_grace_time=60, final=True)  # fmt: skip
     (outcome,) = await run_claim(db, [queued])
     assert [run.scheduled_for for run in outcome.won] == [second]
+
+
+async def test_a_change_passing_over_due_times_records_them_with_why(db: Database) -> None:
+    """A pause (or a new next time) over times no claim took: each gets a missed record,
+    ``no_scheduler`` with no live firing process, ``changed`` with one (the change beat
+    its claim), ``scheduler_paused`` while the scheduler-wide state is paused."""
+    import time
+
+    from asyncapp.store.claims import record_skipped
+    from asyncapp.store.jobs import JobStore
+
+    past = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=2)
+
+    async def skipped(job_id: str) -> list[tuple[datetime, str | None]]:
+        job = await add_job(db, job_id, next_run_time=past)
+        paused = job.changed(next_run_time=None)
+        found = await db.write(lambda conn: record_skipped(
+            conn, db, job, paused, zone=UTC, node="n", process_timeout=10,
+        ))  # fmt: skip
+        return [(run.scheduled_for, run.reason) for run in found]
+
+    alone = await skipped("alone")  # every second from ``past`` up to now
+    assert [t for t, _ in alone] == [past + timedelta(seconds=i) for i in range(len(alone))]
+    assert len(alone) >= 3 and {reason for _, reason in alone} == {NO_SCHEDULER}
+    await db.write(lambda conn: conn.execute(processes_table.insert().values(
+        id="p1", node="n", host="h", pid=1, role="server", started_at=0.0,
+        heartbeat_at=time.time(), version="0", info="{}",
+    )))  # fmt: skip
+    assert {reason for _, reason in await skipped("beaten")} == {"changed"}
+    await db.write(lambda conn: JobStore(db).set_scheduler_state(conn, SCHEDULER_PAUSED_STATE, 0))
+    assert {reason for _, reason in await skipped("held")} == {"scheduler_paused"}
