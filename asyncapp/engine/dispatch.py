@@ -250,18 +250,18 @@ class Dispatcher:
                 return
             batch, self._pending = self._pending, []
             if batch:
-                await self._claim(batch)
+                await self._claim_together(batch)
 
-    async def _claim(self, batch: list[Submission]) -> None:
+    async def _claim_together(self, batch: list[Submission]) -> None:
         batch = merged(batch)
         dues = [submission.due for submission in batch]
         self._claiming = {due.job_id for due in dues}
         try:
-            await self._claim_batch(batch, dues)
+            await self._claim(batch, dues)
         finally:
             self._claiming = set()
 
-    async def _claim_batch(self, batch: list[Submission], dues: list[Due]) -> None:
+    async def _claim(self, batch: list[Submission], dues: list[Due]) -> None:
         recorder = self.runner.recorder
         results = recorder.take()
 
