@@ -33,11 +33,18 @@ module, or, for a method it overrides, names the entry here in a comment.
   ``response_content_length`` (asgiref 3.8-3.13): reused by
   :mod:`asyncapp.web.adapter` to build the WSGI environ and collect the
   response exactly as asgiref does.
+- Hypercorn's worker arguments (Hypercorn 0.18, ``hypercorn/run.py``
+  ``_populate``): each worker of ``hypercorn -w N`` is a ``multiprocessing``
+  process started with ``kwargs={"config", "shutdown_event", "sockets"}``,
+  read back in the worker from ``multiprocessing.current_process()._kwargs``;
+  :func:`hypercorn_shutdown_event`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import multiprocessing
 from datetime import datetime
 from typing import Any
 
@@ -48,6 +55,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
 from asgiref.sync import SyncToAsync
 from asgiref.wsgi import WsgiToAsgiInstance
+from hypercorn import run as hypercorn_run
 
 
 def current_tasks() -> dict[asyncio.AbstractEventLoop, asyncio.Task[Any]]:
@@ -69,12 +77,26 @@ def apply_jitter(
     return moved
 
 
+def hypercorn_shutdown_event() -> Any | None:
+    """In a worker of ``hypercorn -w N``, the event its parent sets to stop every worker
+    gracefully (a ``multiprocessing`` event: ``is_set()``, ``set()``); None elsewhere."""
+    if multiprocessing.parent_process() is None:
+        return None
+    kwargs = getattr(multiprocessing.current_process(), "_kwargs", None)
+    event = kwargs.get("shutdown_event") if isinstance(kwargs, dict) else None
+    return event if callable(getattr(event, "set", None)) else None
+
+
 def missing() -> list[str]:
     """The internals above that the installed libraries no longer have (empty when all hold)."""
     client = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200)))
     instance = WsgiToAsgiInstance(lambda environ, start_response: [])
     instance.start_response("200 OK", [("Content-Length", "2")])
+    process = multiprocessing.get_context("spawn").Process(target=print, kwargs={"end": ""})
     checks = {
+        "hypercorn run._populate shutdown_event": '"shutdown_event"'
+        in inspect.getsource(hypercorn_run._populate),
+        "BaseProcess._kwargs": getattr(process, "_kwargs", None) == {"end": ""},
         "BaseScheduler._process_jobs": callable(getattr(BaseScheduler, "_process_jobs", None)),
         "AsyncIOScheduler._stop_timer": callable(getattr(AsyncIOScheduler, "_stop_timer", None)),
         "BaseTrigger._apply_jitter": callable(getattr(BaseTrigger, "_apply_jitter", None)),

@@ -42,6 +42,7 @@ OVERLAP: Final = "overlap"  # max_instances runs of the job were still in progre
 SCHEDULER_PAUSED: Final = "scheduler_paused"  # the scheduler was paused or stopped
 REMOVED: Final = "removed"  # a waiting run whose job was removed
 JOB_PAUSED: Final = "paused"  # a run claimed ahead of its time whose job was paused meanwhile
+CHANGED: Final = "changed"  # its job was changed or paused before the due time was claimed
 MISSED_REASONS: Final[dict[str, str]] = {
     COALESCED: "coalesced into a later run of the same job",
     LATE: "could not start within misfire_grace_time of its scheduled time",
@@ -51,6 +52,7 @@ MISSED_REASONS: Final[dict[str, str]] = {
     SCHEDULER_PAUSED: "the scheduler was paused or stopped at its scheduled time",
     REMOVED: "its job was removed before it could start",
     JOB_PAUSED: "its job was paused after the run was claimed, before its time",
+    CHANGED: "its job was paused or rescheduled after this time fell due, before it was claimed",
 }
 
 #: A run claimed while another of its job runs, under overlap policy buffer_one.

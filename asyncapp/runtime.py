@@ -7,8 +7,10 @@ parts on an :class:`~contextlib.AsyncExitStack`, closed in reverse order.
 
 Start: open the database (migrating it under a lock), the shared client,
 import the job modules, register this process, write the code-declared
-schedules (one transaction, committed before anything fires), load the jobs
-into the cache, start the scheduler in the stored scheduler-wide state, then
+schedules (one transaction, committed before anything fires; if processes
+running code that declares other jobs are alive, at the first heartbeat after
+they have gone: :mod:`asyncapp.service.declarations`), load the jobs into the
+cache, start the scheduler in the stored scheduler-wide state, then
 follow the change feed and heartbeat.
 
 Stop: the scheduler stops planning, the dispatcher stops claiming, running
@@ -60,6 +62,7 @@ from asyncapp.model.change import Actor
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run
 from asyncapp.model.tasks import Registry, Task, registry
+from asyncapp.service import declarations
 from asyncapp.service.jobs import JobService
 from asyncapp.service.validation import parse_job_create
 from asyncapp.settings import Settings
@@ -115,6 +118,11 @@ class Runtime:
         self._stack: AsyncExitStack | None = None
         self._parts: Parts | None = None
         self._grace = settings.shutdown_grace
+        #: The validated specs of the jobs the code declares, and their fingerprint.
+        self._declared: tuple[list[dict[str, Any]], str] = ([], "")
+        #: Declarations not written yet: other live processes declare other jobs.
+        self._declare_pending = False
+        self._declaring: asyncio.Task[None] | None = None
 
     # -- accessors: each raises NotRunning before start / after stop --------------
 
@@ -275,6 +283,9 @@ class Runtime:
             watchdog=Watchdog(settings.loop_lag_threshold, self._culprit),
             firing=firing,
         )
+        if firing is not None:
+            specs = self._declared_specs(self._parts.service)
+            self._declared = specs, declarations.fingerprint(specs)
         await membership.join()
         stack.push_async_callback(membership.leave)
         recorder.start()
@@ -284,7 +295,8 @@ class Runtime:
         stack.push_async_callback(self._drain)
         membership.start()
         if firing is not None:
-            await firing.open(stack, dispatcher, lambda: self._apply_declarations(self.service))
+            await firing.open(stack, dispatcher, self._declare)
+            stack.push_async_callback(self._stop_declaring)
             pruner = asyncio.create_task(self._prune_forever(), name="asyncapp-prune")
             stack.push_async_callback(_cancel, pruner)
             _freeze_startup_objects()
@@ -320,6 +332,7 @@ class Runtime:
             "results_pending": parts.recorder.pending if parts is not None else 0,
             "jobs": len(fired.cache.entries()) if fired is not None else 0,
             "broken_jobs": len(fired.cache.broken) if fired is not None else 0,
+            **({declarations.INFO_KEY: self._declared[1]} if self.role == SERVER else {}),
         }
 
     def update_gauges(self) -> None:
@@ -457,9 +470,22 @@ class Runtime:
 
     # -- cluster ------------------------------------------------------------------
 
-    def _on_live(self, _: list[Process]) -> None:
-        if self._parts is not None:
-            self._parts.dispatcher.rank = self._parts.membership.ranking()
+    def _on_live(self, live: list[Process]) -> None:
+        if self._parts is None:
+            return
+        self._parts.dispatcher.rank = self._parts.membership.ranking()
+        if (
+            self._declare_pending
+            and self._declaring is None
+            and not declarations.disagreeing(live, self._declared[1])
+        ):
+            log.info("every live process declares the same jobs now: writing them")
+            self._declaring = asyncio.create_task(self._declare_later(), name="asyncapp-declare")
+
+    async def _stop_declaring(self) -> None:
+        self._declare_pending = False
+        if self._declaring is not None:
+            await _cancel(self._declaring)
 
     def _rerun(self, reruns: list[tuple[Run, JobDef]]) -> None:
         if self._parts is None:
@@ -504,14 +530,16 @@ class Runtime:
 
     # -- jobs declared in code ------------------------------------------------------
 
-    async def _apply_declarations(self, service: JobService) -> None:
-        """Write the ``@task(trigger)`` jobs of the job modules; remove those no longer declared.
+    def _declared_specs(self, service: JobService) -> list[dict[str, Any]]:
+        """The validated specs of the ``@task(trigger)`` jobs of the job modules.
 
         Only tasks of ``ASYNCAPP_JOB_MODULES`` (and their submodules) are
         scheduled: the registry is process-wide, and importing a module must not
         schedule its jobs in an app that did not ask for them.
+
+        :raises SettingsError: for a declaration the API would refuse, named.
         """
-        declared: list[JobDef] = []
+        specs: list[dict[str, Any]] = []
         scheduled = [
             task
             for task in self.tasks.scheduled()
@@ -536,12 +564,44 @@ class Runtime:
                 # The same validation as the API's: a bad option stops startup, named.
                 spec = parse_job_create(body)
                 spec["declared"] = schedule.declaration(task.ref)
-                declared.append(service.new_job(spec))
+                service.new_job(spec)
             except InvalidJob as exc:
                 details = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
                 raise SettingsError([f"@task {task.ref}: {details}"]) from None
             except AsyncAppError as exc:
                 raise SettingsError([f"@task {task.ref}: {exc}"]) from None
+            specs.append(spec)
+        return specs
+
+    async def _declare(self) -> None:
+        """Write the declared jobs now if every live firing process declares the same
+        (:mod:`asyncapp.service.declarations`); else at the heartbeat after which it does."""
+        others = declarations.disagreeing(self.membership.live, self._declared[1])
+        self._declare_pending = bool(others)
+        if not others:
+            await self._write_declarations(self.service)
+            return
+        log.warning(
+            "jobs declared in code are not written yet: %d live processes run code that "
+            "declares other jobs (%s); they are written once those have stopped",
+            len(others),
+            ", ".join(process.node for process in others[:5]),
+        )
+
+    async def _declare_later(self) -> None:
+        try:
+            await self._write_declarations(self.service)
+            self._declare_pending = False
+        except DatabaseUnavailable:
+            pass  # tried again at the next heartbeat
+        except Exception:
+            log.exception("writing the jobs declared in code failed")
+        finally:
+            self._declaring = None
+
+    async def _write_declarations(self, service: JobService) -> None:
+        """Write the declared jobs; remove the declared ones the code no longer declares."""
+        declared = [service.new_job(spec) for spec in self._declared[0]]
         ids = {job.id for job in declared}
         store = JobStore(self.db)
         stored = await self.db.read(store.all)

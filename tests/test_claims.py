@@ -37,9 +37,11 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 @pytest.fixture(autouse=True)
 def _now() -> None:
     """``NOW`` is each test's own start: a time taken at collection is minutes old by the
-    time a test runs in a full suite on a loaded machine, past the misfire grace."""
+    time a test runs in a full suite on a loaded machine, past the misfire grace.  It is
+    a few seconds ahead, so the next time ``due`` gives (1 s after the last) is not due
+    while the test runs: a claim coalesces its times into a later one already due."""
     global NOW
-    NOW = datetime.now(UTC).replace(microsecond=0)
+    NOW = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
 
 
 SPEC = {"type": "interval", "seconds": 1, "start_date": "2026-01-01T00:00:00+00:00"}
@@ -489,3 +491,52 @@ async def test_an_ended_run_counts_no_more_even_if_another_process_ended_it(
     assert recorded == 0
     rows = {row.id: row for row in await ledger(db)}
     assert rows[late.id].status == INTERRUPTED
+
+
+async def test_a_time_claimed_after_the_next_fell_due_coalesces_into_it_unless_final(
+    db: Database,
+) -> None:
+    """A stall held the claim past the next time: with coalesce, that later time runs,
+    not this one; but a claim queued behind another claim of its job (``final``) runs
+    its time, so a job whose claims lag its interval still runs."""
+    job = await add_job(db)
+    first, second = NOW - timedelta(seconds=10), NOW - timedelta(seconds=9)
+    late = Due(job.id, job.version, [first], second, misfire_grace_time=60)
+    (outcome,) = await run_claim(db, [late])
+    assert outcome.won == []
+    assert [(run.scheduled_for, run.reason) for run in outcome.missed] == [(first, COALESCED)]
+    queued = Due(job.id, job.version, [second], second + timedelta(seconds=1),
+                 misfire_grace_time=60, final=True)  # fmt: skip
+    (outcome,) = await run_claim(db, [queued])
+    assert [run.scheduled_for for run in outcome.won] == [second]
+
+
+async def test_a_change_passing_over_due_times_records_them_with_why(db: Database) -> None:
+    """A pause (or a new next time) over times no claim took: each gets a missed record,
+    ``no_scheduler`` with no live firing process, ``changed`` with one (the change beat
+    its claim), ``scheduler_paused`` while the scheduler-wide state is paused."""
+    import time
+
+    from asyncapp.store.claims import record_skipped
+    from asyncapp.store.jobs import JobStore
+
+    past = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=2)
+
+    async def skipped(job_id: str) -> list[tuple[datetime, str | None]]:
+        job = await add_job(db, job_id, next_run_time=past)
+        paused = job.changed(next_run_time=None)
+        found = await db.write(lambda conn: record_skipped(
+            conn, db, job, paused, zone=UTC, node="n", process_timeout=10,
+        ))  # fmt: skip
+        return [(run.scheduled_for, run.reason) for run in found]
+
+    alone = await skipped("alone")  # every second from ``past`` up to now
+    assert [t for t, _ in alone] == [past + timedelta(seconds=i) for i in range(len(alone))]
+    assert len(alone) >= 3 and {reason for _, reason in alone} == {NO_SCHEDULER}
+    await db.write(lambda conn: conn.execute(processes_table.insert().values(
+        id="p1", node="n", host="h", pid=1, role="server", started_at=0.0,
+        heartbeat_at=time.time(), version="0", info="{}",
+    )))  # fmt: skip
+    assert {reason for _, reason in await skipped("beaten")} == {"changed"}
+    await db.write(lambda conn: JobStore(db).set_scheduler_state(conn, SCHEDULER_PAUSED_STATE, 0))
+    assert {reason for _, reason in await skipped("held")} == {"scheduler_paused"}

@@ -85,6 +85,22 @@ def test_fire_state_only_moves_forward_for_the_same_version(cache: JobCache) -> 
     assert entry is not None and entry.next_run_time == EPOCH + 20 * S
 
 
+def test_a_newer_version_takes_the_stored_time_so_a_stale_claims_time_is_planned_again(
+    cache: JobCache,
+) -> None:
+    cache.put(job(version=1, next_run_time=EPOCH))
+    entry = cache.entry("j")
+    assert entry is not None
+    cache.advance(entry, EPOCH + 10 * S)  # EPOCH handed to a claim made with version 1
+
+    # A change of the timeout only committed before that claim: the claim is stale,
+    # and the database still says EPOCH for version 2.
+    cache.put(job(version=2, timeout=5, next_run_time=EPOCH))
+
+    entry = cache.entry("j")
+    assert entry is not None and (entry.job.version, entry.next_run_time) == (2, EPOCH)
+
+
 def test_a_new_trigger_takes_its_own_next_time_even_an_earlier_one(cache: JobCache) -> None:
     cache.put(job(version=1, next_run_time=EPOCH + 60 * S))
     every_5s = {"type": "interval", "seconds": 5, "start_date": EPOCH.isoformat()}

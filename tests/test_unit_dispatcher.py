@@ -25,7 +25,7 @@ from asyncapp.constants import (
     SUCCESS,
     WAITING,
 )
-from asyncapp.engine.dispatch import SPREAD_DELAY, Dispatcher, Hooks, Submission
+from asyncapp.engine.dispatch import SPREAD_DELAY, Dispatcher, Hooks, Submission, merged
 from asyncapp.engine.recorder import Recorder
 from asyncapp.errors import DatabaseUnavailable, JobBusy, JobNotFound, NotRunning
 from asyncapp.model.job import JobDef
@@ -586,3 +586,27 @@ async def test_definitions_kept_for_runs_taken_over_are_bounded(
     assert list(one._latest) == ["k2", "k3", "k4"], "the latest 3 jobs, no more"
     for each in made:
         runner.release[each.id].set()
+
+
+def test_scheduled_submissions_of_one_job_queued_together_are_claimed_as_one() -> None:
+    """Times planned one by one while a claim waited are claimed together, so coalescing
+    sees them all; "run now" and other jobs are left as they are."""
+    at = [datetime(2027, 1, 1, tzinfo=UTC) + timedelta(seconds=10 * i) for i in range(4)]
+
+    def submission(job_id: str, time: datetime, **options: Any) -> Submission:
+        return Submission(Due(job_id, 1, [time], time + timedelta(seconds=10), **options),
+                          job(job_id), tick)  # fmt: skip
+
+    batch = [
+        submission("a", at[0]),
+        submission("b", at[0]),
+        submission("a", at[1], final=True),
+        submission("a", at[2], manual=True),
+        submission("a", at[3]),
+    ]
+    kept = merged(batch)
+    assert [s.due.job_id for s in kept] == ["a", "b", "a"]
+    first = kept[0].due
+    assert first.times == [at[0], at[1], at[3]]
+    assert (first.next_run_time, first.final) == (at[3] + timedelta(seconds=10), True)
+    assert kept[2].due.manual and kept[2].due.times == [at[2]]

@@ -88,13 +88,18 @@ class JobCache(MemoryJobStore):
             self.add_job(entry)
             return
         if (
-            (current.job.version == job.version or current.job.trigger == job.trigger)
+            current.job.version == job.version
             and current.next_run_time is not None
             and entry.next_run_time is not None
         ):
             # Fire state only moves forward: the database may lag the claims this
             # process has in flight, and times it already handed on must not repeat.
             entry.next_run_time = max(current.next_run_time, entry.next_run_time)
+        # A newer version's stored time is the truth, even an earlier one than this
+        # process planned up to: every claim made with an older version either
+        # committed before the change (the stored time includes it) or is refused as
+        # stale, so the times it handed on and did not account for are planned again,
+        # with the new definition.
         self.update_job(entry)
 
     def drop(self, job_id: str) -> None:

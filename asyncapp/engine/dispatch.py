@@ -51,7 +51,7 @@ import logging
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -90,6 +90,35 @@ class Submission:
     func: Callable[..., Any]
     #: Set for "run now": resolved with the started run, or the reason it was refused.
     answer: asyncio.Future[Run] | None = None
+
+
+def merged(batch: list[Submission]) -> list[Submission]:
+    """``batch`` with the scheduled submissions of one job and version made one, in
+    place of the first.
+
+    Times planned one by one while the claims waited (a stall: a held lock, a
+    database restart) are then claimed together, so coalescing runs the latest of
+    them and records the others ``coalesced``, as it does for times planned at once,
+    instead of running the oldest and recording the rest ``overlap``.
+    """
+    first: dict[tuple[str, int], Submission] = {}
+    kept: list[Submission] = []
+    for submission in batch:
+        due = submission.due
+        into = None if due.manual or due.folded else first.get((due.job_id, due.version))
+        if into is None:
+            if not due.manual and not due.folded:
+                first[due.job_id, due.version] = submission
+            kept.append(submission)
+            continue
+        latest = max(into.due, due, key=lambda d: d.times[-1])
+        into.due = replace(
+            into.due,
+            times=sorted({*into.due.times, *due.times}),
+            next_run_time=latest.next_run_time,
+            final=into.due.final or due.final,
+        )
+    return kept
 
 
 class Hooks:
@@ -136,6 +165,8 @@ class Dispatcher:
         #: (my index, live processes): which jobs this process claims first.
         self.rank = (0, 1)
         self._pending: list[Submission] = []
+        #: The jobs of the claim being written.
+        self._claiming: set[str] = set()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._claimer: asyncio.Task[None] | None = None
@@ -201,6 +232,9 @@ class Dispatcher:
         if self.prefers(submission.job.id):
             self._queue(submission)
         else:
+            # Late on purpose, not stalled: a job firing more often than the delay
+            # must not coalesce each of its times into the next (see Due.final).
+            submission.due.final = True
             self._loop.call_later(SPREAD_DELAY, self._queue, submission)
 
     async def run_now(
@@ -231,6 +265,8 @@ class Dispatcher:
         return await answer
 
     def _queue(self, submission: Submission) -> None:
+        if submission.due.job_id in self._claiming:
+            submission.due.final = True  # see Due.final
         self._pending.append(submission)
         self._wake.set()
 
@@ -242,10 +278,18 @@ class Dispatcher:
                 return
             batch, self._pending = self._pending, []
             if batch:
-                await self._claim(batch)
+                await self._claim_together(batch)
 
-    async def _claim(self, batch: list[Submission]) -> None:
+    async def _claim_together(self, batch: list[Submission]) -> None:
+        batch = merged(batch)
         dues = [submission.due for submission in batch]
+        self._claiming = {due.job_id for due in dues}
+        try:
+            await self._claim(batch, dues)
+        finally:
+            self._claiming = set()
+
+    async def _claim(self, batch: list[Submission], dues: list[Due]) -> None:
         recorder = self.runner.recorder
         results = recorder.take()
 

@@ -65,6 +65,7 @@ from asyncapp.model.triggers import (
 from asyncapp.model.values import storable
 from asyncapp.settings import Settings
 from asyncapp.store import requests
+from asyncapp.store.claims import record_skipped
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import JobStore
 from asyncapp.store.processes import Process, read_live
@@ -506,6 +507,7 @@ class JobService:
             updated = edit(job)
             if updated == job:
                 return job
+            self._record_skipped(conn, job, updated)
             return self.store.write(
                 conn,
                 updated,
@@ -578,11 +580,19 @@ class JobService:
                         )
                     )
                 elif stored.declared != job.declared or stored.damaged is not None:
-                    updated = job.changed(
-                        version=stored.version + 1,
-                        note=stored.note,
-                        next_run_time=None if stored.paused else job.next_run_time,
-                    )
+                    updated = job.changed(version=stored.version + 1, note=stored.note)
+                    if stored.paused:
+                        updated = updated.changed(next_run_time=None)
+                    elif _same_trigger(stored, job):
+                        # The stored next time may be due and unclaimed (no process ran
+                        # across it during a deploy): the new definition fires it, or
+                        # the claim records why not.  The stored trigger keeps the
+                        # interval's start, so the times stay those already planned.
+                        updated = updated.changed(
+                            trigger=stored.trigger, next_run_time=stored.next_run_time
+                        )
+                    else:
+                        self._record_skipped(conn, stored, updated)
                     detail = _diff(stored, updated)
                     written.append(
                         self.store.write(
@@ -658,6 +668,18 @@ class JobService:
         return {"runs": items, "total": total, "limit": limit, "offset": offset}
 
     # -- helpers ------------------------------------------------------------------
+
+    def _record_skipped(self, conn: Connection, before: JobDef, after: JobDef) -> None:
+        """Record the due times ``before`` had that the change to ``after`` passes over."""
+        record_skipped(
+            conn,
+            self.db,
+            before,
+            after,
+            zone=self.settings.zone,
+            node=self.settings.node_name,
+            process_timeout=self.settings.process_timeout,
+        )
 
     def _broken(self, job: JobDef) -> bool:
         return job.damaged is not None or job.func not in self.tasks
@@ -783,6 +805,13 @@ class JobService:
         if updated == job:
             return job
         return updated.changed(version=job.version + 1)
+
+
+def _same_trigger(stored: JobDef, declared: JobDef) -> bool:
+    """Whether the code declares the trigger it declared when ``stored`` was written."""
+    if stored.damaged is not None or stored.declared is None or declared.declared is None:
+        return False
+    return bool(stored.declared.get("trigger") == declared.declared.get("trigger"))
 
 
 def _check_options(job: JobDef) -> None:

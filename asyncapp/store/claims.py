@@ -41,7 +41,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
@@ -52,6 +52,7 @@ from asyncapp.constants import (
     ALLOW,
     BUFFER_ONE,
     CANCEL_OTHER,
+    CHANGED,
     COALESCED,
     DATABASE_DOWN,
     INTERRUPTED,
@@ -68,6 +69,7 @@ from asyncapp.constants import (
 )
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run, new_id
+from asyncapp.model.triggers import build_trigger, canonical_time, fire_time_after
 from asyncapp.model.values import as_utc
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import load
@@ -104,6 +106,11 @@ class Due:
     #: The id a manual run takes (derived from an ``Idempotency-Key``): if a run with it
     #: exists, the claim answers with that run instead of starting another.
     run_id: str | None = None
+    #: Queued while a claim of the same job was being written, or late on purpose (a
+    #: job another process prefers): its latest time runs even if a later one is due
+    #: by now, so a job whose claims lag behind its interval still runs (once per
+    #: claim) instead of coalescing every time into the next.
+    final: bool = False
 
 
 @dataclass(slots=True)
@@ -247,12 +254,17 @@ def claim(
             record(_missed(due, first, now, node, reasons.late(first), due.folded[1]), outcome)
         times = [t for t in due.times if t >= accounted]
         # The times claimed together run one after another in one instance (as
-        # APScheduler runs the times of one submission), so they count once.
+        # APScheduler runs the times of one submission), so they count once.  With
+        # coalesce only the latest due time runs: when a later one is due already
+        # (this claim waited, a stall), these coalesce into it; it is planned and
+        # queued behind this claim, and runs (``final``).
+        later = due.next_run_time is not None and due.next_run_time <= now
+        forward = due.coalesce and later and not due.final
         grace = due.misfire_grace_time
         runnable = {
             t
             for index, t in enumerate(times)
-            if not (due.coalesce and index < len(times) - 1)
+            if not (forward or (due.coalesce and index < len(times) - 1))
             and (grace is None or (now - t).total_seconds() <= grace)
         }
         if runnable and running[due.job_id] >= cap and due.overlap == CANCEL_OTHER:
@@ -267,12 +279,15 @@ def claim(
                 waiting[due.job_id] += 1
                 record(_run(due, scheduled_for, now, node, process_id, WAITING), outcome)
                 continue
-            if scheduled_for in runnable:
+            if scheduled_for in runnable and due.coalesce and later:
+                # A later time of the job is due already: this one coalesces into it.
+                reason = COALESCED
+            elif scheduled_for in runnable:
                 reason = OVERLAP
             elif grace is not None and (now - scheduled_for).total_seconds() > grace:
                 # Too late to run whatever else ran: say why no one ran it in time.
                 reason = reasons.late(scheduled_for)
-            elif due.coalesce and index < len(times) - 1:
+            elif forward or (due.coalesce and index < len(times) - 1):
                 reason = COALESCED
             else:
                 reason = reasons.late(scheduled_for)
@@ -303,6 +318,76 @@ def claim(
     if finished:
         conn.execute(sql.finish, finished)
     return outcomes
+
+
+#: Skipped times recorded one by one by :func:`record_skipped` before the rest are folded.
+SKIPPED_ONE_BY_ONE = 100
+
+
+def record_skipped(
+    conn: Connection,
+    db: Database,
+    before: JobDef,
+    after: JobDef,
+    *,
+    zone: tzinfo,
+    node: str,
+    process_timeout: float,
+) -> list[Run]:
+    """Record as missed the due times of ``before`` that a change to ``after`` passes over
+    unclaimed (call it in the change's transaction, with the job's row locked).
+
+    A change that pauses a job or moves its next run time forward (a new trigger,
+    a new declaration in code) would otherwise leave the times from the stored next
+    run time up to now with no record: every process was down, or the change
+    committed between a claim's planning and its transaction (the claim is then
+    refused as stale).  The reason: ``no_scheduler`` if no firing process is alive,
+    ``scheduler_paused`` if the scheduler-wide state is not running, else
+    ``changed``.  Past :data:`SKIPPED_ONE_BY_ONE` times, the rest are one record
+    (``missed_until``).  Returns the records written.
+    """
+    start = before.next_run_time
+    if start is None or (after.next_run_time is not None and after.next_run_time <= start):
+        return []
+    now = datetime.now(UTC)
+    if start > now or before.damaged is not None:
+        return []
+    trigger = build_trigger(before.trigger, zone, jitter=False)
+    until = after.next_run_time
+    moment = canonical_time(trigger, start)
+    times: list[datetime] = []
+    folded: tuple[datetime, datetime] | None = None
+    while moment is not None and moment <= now and (until is None or moment < until):
+        if len(times) == SKIPPED_ONE_BY_ONE:
+            folded = (moment, now if until is None else min(now, until))
+            break
+        times.append(moment)
+        moment = fire_time_after(trigger, moment, now)
+    if not times:
+        return []
+    reason = _skipped_reason(conn, db.clock(conn) - process_timeout)
+    due = Due(before.id, before.version, times, None)
+    records = [_missed(due, t, now, node, reason) for t in times]
+    if folded is not None:
+        records.append(_missed(due, folded[0], now, node, reason, folded[1]))
+    sql = statements(db.dialect)
+    inserted = set(conn.execute(sql.insert, [run.row() for run in records]).scalars())
+    return [run for run in records if run.id in inserted]
+
+
+def _skipped_reason(conn: Connection, alive_since: float) -> str:
+    live = conn.execute(
+        select(func.count())
+        .select_from(processes_table)
+        .where(
+            processes_table.c.role == "server",  # a firing process (engine.cluster.SERVER)
+            processes_table.c.heartbeat_at >= alive_since,
+        )
+    ).scalar()
+    if not live:
+        return NO_SCHEDULER
+    state = conn.execute(text("SELECT state FROM asyncapp_scheduler WHERE id = 1")).scalar()
+    return CHANGED if state in (None, SCHEDULER_RUNNING) else SCHEDULER_PAUSED
 
 
 def end_runs(
