@@ -230,7 +230,7 @@ async def test_a_time_claimed_ahead_while_a_run_is_in_progress_waits_for_its_tim
     assert len(first.won) == 1
     ahead = NOW + timedelta(seconds=30)
     # The run in progress may end before that time: nothing is decided ahead of it.
-    (second,) = await run_claim(db, [Due(job.id, 1, [ahead], None)])
+    (second,) = await run_claim(db, [Due(job.id, 1, [ahead], None, ahead=True)])
     assert second.deferred
     assert not second.won and not second.missed and not second.waiting
     stored = await db.read(lambda conn: JobStore(db).get(conn, job.id))

@@ -117,6 +117,7 @@ def merged(batch: list[Submission]) -> list[Submission]:
             times=sorted({*into.due.times, *due.times}),
             next_run_time=latest.next_run_time,
             final=into.due.final or due.final,
+            ahead=into.due.ahead or due.ahead,
         )
     return kept
 

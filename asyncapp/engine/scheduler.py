@@ -124,6 +124,7 @@ class Scheduler(AsyncIOScheduler):
                 misfire_grace_time=job.misfire_grace_time,
                 overlap=job.overlap,
                 folded=folded,
+                ahead=bool(times) and times[-1] > now,
             )
             self.dispatcher.submit(Submission(due, job, entry.func))
             self.cache.advance(entry, next_time)

@@ -111,6 +111,9 @@ class Due:
     #: by now, so a job whose claims lag behind its interval still runs (once per
     #: claim) instead of coalescing every time into the next.
     final: bool = False
+    #: Planned before its time (the claim lead): if the job's limit of runs is in
+    #: progress, it is not decided now but claimed again at its time.
+    ahead: bool = False
 
 
 @dataclass(slots=True)
@@ -243,7 +246,7 @@ def claim(
         if row.state != SCHEDULER_RUNNING:
             outcome.halted = True
             continue
-        if due.times and due.times[-1] > now and running[due.job_id] >= cap:
+        if due.ahead and due.times[-1] > now and running[due.job_id] >= cap:
             # Ahead of its time while a run is in progress: the run may end before
             # the time comes, so decide at the time, as without a lead.
             outcome.deferred = True
