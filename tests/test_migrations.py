@@ -1,13 +1,17 @@
 """Schema migrations: a database made by asyncapp 0.1.0 is upgraded with its data, the
 migrated schema is exactly what the code queries, and processes migrating at once all
-succeed."""
+succeed (threads, forked processes opening a fresh SQLite file, real servers)."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +35,8 @@ from sqlalchemy import (
 
 from asyncapp.store.migrate import VERSION_TABLE, current_revision, head_revision, migrate
 from asyncapp.store.tables import attempts_table, metadata, runs_table
-from tests.conftest import AUTH, serve
+from tests.conftest import AUTH, Server, serve, wait_until
+from tests.test_cluster import FAST, live
 
 # -- the schema and rows of asyncapp 0.1.0, as its code wrote them ---------------------
 
@@ -223,3 +228,86 @@ def test_processes_migrating_a_fresh_database_at_once_all_succeed(url: str) -> N
     finally:
         for engine in engines:
             engine.dispose()
+
+
+#: Forks ``count`` processes per round that open one fresh SQLite file at the same
+#: instant (a pipe releases them together), as a server starting does: open and
+#: migrate, then a first write transaction that changes a row.  Prints each failure.
+OPEN_TOGETHER = """
+import asyncio, os, sys
+from sqlalchemy import text
+from asyncapp.store.database import Database, bounded_waits
+
+def start(url):
+    async def main():
+        db = Database(url, **bounded_waits(2.0))
+        try:
+            await db.open()
+            await db.write(lambda conn: conn.execute(
+                text("UPDATE asyncapp_alembic_version SET version_num = version_num")))
+        finally:
+            await db.close()
+    asyncio.run(main())
+
+rounds, count, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+for round in range(rounds):
+    url = f"sqlite:///{folder}/fresh{round}.db"
+    gate, release = os.pipe()
+    children = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            os.close(release)
+            os.read(gate, 1)
+            try:
+                start(url)
+            except BaseException as exc:
+                print(f"round {round}: {type(exc).__name__}: {exc}", flush=True)
+                os._exit(1)
+            os._exit(0)
+        children.append(pid)
+    os.close(gate)
+    os.write(release, b"x" * count)
+    os.close(release)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        if status:
+            print(f"round {round}: a process exited with status {status}", flush=True)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_processes_opening_a_fresh_sqlite_file_at_once_never_fail(tmp_path: Path) -> None:
+    """50 rounds of 6 processes opening one fresh file together: every one starts."""
+    result = subprocess.run(
+        [sys.executable, "-c", OPEN_TOGETHER, "50", "6", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "done\n", result.stdout + result.stderr
+
+
+@pytest.mark.timeout(180)
+def test_servers_starting_together_on_a_fresh_sqlite_file_all_start(
+    hypercorn_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Two servers and a two-worker Hypercorn on one fresh file, started at once, twice."""
+    for round in range(2):
+        url = f"sqlite:///{tmp_path / f'fresh{round}.db'}"
+        servers = [
+            hypercorn_server(wait=False, workers=workers, ASYNCAPP_DATABASE_URL=url, **FAST)
+            for workers in (0, 0, 2)
+        ]
+        for server in servers:
+            server.wait_for("Running on http://")
+        first = servers[0]
+        wait_until(lambda s=first: len(live(s)) == 4, what="four processes registered")
+        for server in servers:
+            server.process.send_signal(signal.SIGTERM)
+        for server in servers:
+            code, output = server.exited()
+            assert code == 0, output
+            assert "Traceback" not in output and "database is locked" not in output, output
