@@ -204,6 +204,38 @@ def test_immutable_sqlite_file_refuses_changes_and_catches_up(
     assert {r.reason for r in missed} <= {"coalesced", "database_unavailable", "late", "overlap"}
 
 
+def test_a_run_whose_end_died_with_its_process_is_unknown_not_interrupted(
+    hypercorn_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """The process ran the body to its end, but was killed while the database refused
+    the result: the survivor records the run ``unknown``, never ``interrupted``."""
+    database = tmp_path / "killed.db"
+    url = f"sqlite:///{database}"
+    path = tmp_path / "marks"
+    victim = hypercorn_server(ASYNCAPP_DATABASE_URL=url, **FAST)
+    add(victim, tick_job("slow", path, whole_second(0.5), 1, kwargs={"seconds": 2}))
+    ((_, _, run_id, _),) = wait_until(lambda: marks(path), what="the start")
+    files = sqlite_files(database)
+    subprocess.run(["chattr", "+i", *files], check=True)
+    try:
+        victim.wait_for(f"run {run_id} succeeded", timeout=15)
+        assert [r.status for r in runs(url, "slow")] == ["running"], "the end was written"
+        victim.process.kill()
+        victim.process.wait(timeout=10)
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=True)
+
+    survivor = hypercorn_server(ASYNCAPP_DATABASE_URL=url, **FAST)
+    (ended,) = wait_until(
+        lambda: [r for r in runs(url, "slow") if r.status != "running"],
+        timeout=20,
+        what="the orphan reaped",
+    )
+    assert (ended.id, ended.status) == (run_id, "unknown")
+    assert "may have finished" in ended.error_message
+    assert survivor.stop() == 0
+
+
 async def test_readyz_is_503_while_the_database_refuses_writes_though_reads_work(
     make_app: Callable[..., Flask], db_url: str
 ) -> None:
