@@ -4,8 +4,10 @@ succeed (threads, forked processes opening a fresh SQLite file, real servers).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -31,8 +33,10 @@ from sqlalchemy import (
     create_engine,
     inspect,
     select,
+    text,
 )
 
+from asyncapp.store.database import Database
 from asyncapp.store.migrate import VERSION_TABLE, current_revision, head_revision, migrate
 from asyncapp.store.tables import attempts_table, metadata, runs_table
 from tests.conftest import AUTH, Server, serve, wait_until
@@ -311,3 +315,45 @@ def test_servers_starting_together_on_a_fresh_sqlite_file_all_start(
             code, output = server.exited()
             assert code == 0, output
             assert "Traceback" not in output and "database is locked" not in output, output
+
+
+def journal_mode(path: Path) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+async def test_a_wal_file_of_an_earlier_asyncapp_leaves_wal_once_opened_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WAL maps its index (SIGBUS when the file turns immutable): a file left in WAL
+    is switched to a rollback journal by a process that has it alone, and served in
+    WAL as before while another process has it open."""
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE kept (x)")
+    opener = (
+        f"import sqlite3, sys; c = sqlite3.connect({str(path)!r}); "
+        "c.execute('SELECT * FROM kept').fetchall(); print('open', flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", opener], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline() == "open\n"
+        await opened_and_written(f"sqlite:///{path}")
+        assert journal_mode(path) == "wal"
+        assert "stays in WAL mode while other processes have it open" in caplog.text
+        holder.stdin.close()
+    await opened_and_written(f"sqlite:///{path}")
+    assert journal_mode(path) == "delete"  # a connection's own default: not WAL any more
+    assert not Path(f"{path}-shm").exists()
+
+
+async def opened_and_written(url: str) -> None:
+    db = Database(url)
+    await db.open()
+    try:
+        await db.write(lambda conn: conn.execute(text("INSERT INTO kept VALUES (1)")))
+    finally:
+        await db.close()

@@ -408,12 +408,14 @@ def _leave_wal(engine: Engine) -> None:
     refused (``database is locked``), the file stays in WAL (served as before)
     and the next process opening it alone switches it.
     """
-    with engine.connect() as conn:
-        if conn.exec_driver_sql("PRAGMA journal_mode").scalar() != "wal":
+    # On the driver's connection: out of any transaction, which the switch needs.
+    raw = engine.raw_connection()
+    try:
+        if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             return
         try:
-            mode = conn.exec_driver_sql("PRAGMA journal_mode=TRUNCATE").scalar()
-        except OperationalError as exc:
+            mode = raw.execute("PRAGMA journal_mode=TRUNCATE").fetchone()[0]
+        except sqlite3.OperationalError as exc:
             mode = _one_line(exc)
         if mode != "truncate":
             log.warning(
@@ -423,3 +425,5 @@ def _leave_wal(engine: Engine) -> None:
             )
         else:
             log.info("switched the SQLite file from WAL to a rollback journal")
+    finally:
+        raw.close()
