@@ -38,7 +38,12 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def ready(server: Server) -> int:
-    return httpx.get(f"{server.url}/readyz", timeout=10).status_code
+    try:
+        return httpx.get(f"{server.url}/readyz", timeout=10).status_code
+    except httpx.ConnectError:
+        code = server.process.wait(timeout=10)  # -7: SIGBUS
+        server.ended.wait(timeout=10)
+        raise AssertionError(f"the server exited ({code}):\n{server.output()[-3000:]}") from None
 
 
 def refused_while_down(server: Server) -> None:
