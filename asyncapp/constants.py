@@ -20,9 +20,14 @@ SUCCESS: Final = "success"
 ERROR: Final = "error"
 TIMEOUT: Final = "timeout"
 MISSED: Final = "missed"
-INTERRUPTED: Final = "interrupted"
+INTERRUPTED: Final = "interrupted"  # its own process cut it short (shutdown, cancel_other)
+#: Its process stopped responding before recording how it ended (killed, or presumed
+#: dead): the run may have finished, failed or been cut short; nobody can tell.
+UNKNOWN: Final = "unknown"
 
-RunStatus = Literal["running", "waiting", "success", "error", "timeout", "missed", "interrupted"]
+RunStatus = Literal[
+    "running", "waiting", "success", "error", "timeout", "missed", "interrupted", "unknown"
+]
 RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
     "running",
     "waiting",
@@ -31,6 +36,7 @@ RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
     "timeout",
     "missed",
     "interrupted",
+    "unknown",
 )
 
 # Why a scheduled time did not run (``missed`` runs carry one in ``reason``).

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         description="Seconds without a heartbeat after which a process counts as dead and its "
-        "runs in progress are marked interrupted. Keep it several heartbeat intervals long.",
+        "runs in progress are marked unknown. Keep it several heartbeat intervals long.",
     )
     node_name: str = Field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",

@@ -22,11 +22,12 @@ from asyncapp.constants import (
     OVERLAP,
     RUNNING,
     SCHEDULER_PAUSED_STATE,
+    UNKNOWN,
     WAITING,
 )
 from asyncapp.model.job import JobDef
 from asyncapp.model.values import as_utc
-from asyncapp.store.claims import Due, Outcome, Reasons, claim, reap
+from asyncapp.store.claims import Due, Outcome, Reasons, claim, end_runs, reap
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import JobStore
 from asyncapp.store.tables import attempts_table, processes_table, runs_table
@@ -305,7 +306,7 @@ async def test_a_folded_range_is_one_missed_record(db: Database) -> None:
     assert as_utc(rows[0].missed_until) == folded[1]
 
 
-async def test_runs_of_a_dead_process_are_interrupted_or_rerun(db: Database) -> None:
+async def test_runs_of_a_dead_process_are_unknown_or_rerun(db: Database) -> None:
     plain = await add_job(db, "plain")
     again = await add_job(db, "again", rerun_interrupted=True)
     await run_claim(db, [due(plain, NOW), due(again, NOW)], "dead")
@@ -315,14 +316,29 @@ async def test_runs_of_a_dead_process_are_interrupted_or_rerun(db: Database) -> 
     )
     assert [(run.job_id, run.attempt, run.process_id) for run, _ in reruns] == [("again", 2, "p2")]
     rows = {row.job_id: row for row in await ledger(db)}
-    assert (
-        rows["plain"].status == INTERRUPTED and "stopped responding" in rows["plain"].error_message
-    )
+    assert rows["plain"].status == UNKNOWN
+    assert "stopped responding before recording" in rows["plain"].error_message
     assert (rows["again"].status, rows["again"].attempt) == (RUNNING, 2)
     earlier = await db.read(lambda conn: list(conn.execute(select(attempts_table))))
-    assert [(a.run_id, a.attempt, a.status) for a in earlier] == [
-        (rows["again"].id, 1, INTERRUPTED)
-    ]
+    assert [(a.run_id, a.attempt, a.status) for a in earlier] == [(rows["again"].id, 1, UNKNOWN)]
+
+
+async def test_a_late_end_replaces_unknown_unless_the_run_was_taken_over(db: Database) -> None:
+    """A process presumed dead records its ends after all: the real end replaces the
+    reaper's ``unknown``; a run another process took over to run again is left alone."""
+    plain = await add_job(db, "plain")
+    again = await add_job(db, "again", rerun_interrupted=True)
+    outcomes = await run_claim(db, [due(plain, NOW), due(again, NOW)], "dead")
+    won = {run.job_id: run for outcome in outcomes for run in outcome.won}
+    await db.write(
+        lambda conn: reap(conn, db, node="live", process_id="p2", can_run=lambda job: True)
+    )
+    late = [won["plain"].finish("success"), won["again"].finish("success")]
+    recorded, _ = await db.write(lambda conn: end_runs(conn, db, late, "dead"))
+    assert recorded == 1
+    rows = {row.job_id: row for row in await ledger(db)}
+    assert rows["plain"].status == "success" and rows["plain"].error_message is None
+    assert (rows["again"].status, rows["again"].process_id) == (RUNNING, "p2")
 
 
 async def test_an_orphan_that_cannot_be_reaped_does_not_stop_the_others(
@@ -356,7 +372,7 @@ async def test_an_orphan_that_cannot_be_reaped_does_not_stop_the_others(
     assert [(run.job_id, run.attempt) for run, _ in reruns] == [("again", 2)]
     rows = {row.job_id: row for row in await ledger(db)}
     assert {job: row.status for job, row in rows.items()} == {
-        "bad": RUNNING, "good": INTERRUPTED, "again": RUNNING,
+        "bad": RUNNING, "good": UNKNOWN, "again": RUNNING,
     }  # fmt: skip
     assert rows["again"].process_id == "p2"
     assert f"reaping run {rows['bad'].id} of job bad failed" in caplog.text
@@ -481,8 +497,6 @@ async def test_an_ended_run_counts_no_more_even_if_another_process_ended_it(
     db: Database,
 ) -> None:
     """A run another process ended (cancelled) keeps that verdict when its own end comes."""
-    from asyncapp.store.claims import end_runs
-
     job = await add_job(db, overlap="cancel_other")
     (first,) = await run_claim(db, [due(job, NOW - timedelta(seconds=1), overlap="cancel_other")])
     await run_claim(db, [due(job, NOW, overlap="cancel_other")], "p2")

@@ -1,10 +1,13 @@
 """Schema migrations: a database made by asyncapp 0.1.0 is upgraded with its data, the
 migrated schema is exactly what the code queries, and processes migrating at once all
-succeed."""
+succeed (threads, forked processes opening a fresh SQLite file, real servers)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,11 +33,14 @@ from sqlalchemy import (
     create_engine,
     inspect,
     select,
+    text,
 )
 
+from asyncapp.store.database import Database
 from asyncapp.store.migrate import VERSION_TABLE, current_revision, head_revision, migrate
 from asyncapp.store.tables import attempts_table, metadata, runs_table
-from tests.conftest import AUTH, serve
+from tests.conftest import AUTH, Server, serve, wait_until
+from tests.test_cluster import FAST, live
 
 # -- the schema and rows of asyncapp 0.1.0, as its code wrote them ---------------------
 
@@ -251,3 +257,128 @@ def test_a_database_at_head_is_opened_without_importing_alembic(tmp_path: Path) 
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert first.stdout.strip() == "True", "a fresh file is migrated with Alembic"
     assert again.stdout.strip() == "False", "at head, Alembic is not imported"
+
+
+#: Forks ``count`` processes per round that open one fresh SQLite file at the same
+#: instant (a pipe releases them together), as a server starting does: open and
+#: migrate, then a first write transaction that changes a row.  Prints each failure.
+OPEN_TOGETHER = """
+import asyncio, os, sys
+from sqlalchemy import text
+from asyncapp.store.database import Database, bounded_waits
+
+def start(url):
+    async def main():
+        db = Database(url, **bounded_waits(2.0))
+        try:
+            await db.open()
+            await db.write(lambda conn: conn.execute(
+                text("UPDATE asyncapp_alembic_version SET version_num = version_num")))
+        finally:
+            await db.close()
+    asyncio.run(main())
+
+rounds, count, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+for round in range(rounds):
+    url = f"sqlite:///{folder}/fresh{round}.db"
+    gate, release = os.pipe()
+    children = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            os.close(release)
+            os.read(gate, 1)
+            try:
+                start(url)
+            except BaseException as exc:
+                print(f"round {round}: {type(exc).__name__}: {exc}", flush=True)
+                os._exit(1)
+            os._exit(0)
+        children.append(pid)
+    os.close(gate)
+    os.write(release, b"x" * count)
+    os.close(release)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        if status:
+            print(f"round {round}: a process exited with status {status}", flush=True)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_processes_opening_a_fresh_sqlite_file_at_once_never_fail(tmp_path: Path) -> None:
+    """50 rounds of 6 processes opening one fresh file together: every one starts."""
+    result = subprocess.run(
+        [sys.executable, "-c", OPEN_TOGETHER, "50", "6", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "done\n", result.stdout + result.stderr
+
+
+@pytest.mark.timeout(180)
+def test_servers_starting_together_on_a_fresh_sqlite_file_all_start(
+    hypercorn_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Two servers and a two-worker Hypercorn on one fresh file, started at once, twice."""
+    for round in range(2):
+        url = f"sqlite:///{tmp_path / f'fresh{round}.db'}"
+        servers = [
+            hypercorn_server(wait=False, workers=workers, ASYNCAPP_DATABASE_URL=url, **FAST)
+            for workers in (0, 0, 2)
+        ]
+        for server in servers:
+            server.wait_for("Running on http://")
+        first = servers[0]
+        wait_until(lambda s=first: len(live(s)) == 4, what="four processes registered")
+        for server in servers:
+            server.process.send_signal(signal.SIGTERM)
+        for server in servers:
+            code, output = server.exited()
+            assert code == 0, output
+            assert "Traceback" not in output and "database is locked" not in output, output
+
+
+def journal_mode(path: Path) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+async def test_a_wal_file_of_an_earlier_asyncapp_leaves_wal_once_opened_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WAL maps its index (SIGBUS when the file turns immutable): a file left in WAL
+    is switched to a rollback journal by a process that has it alone, and served in
+    WAL as before while another process has it open."""
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE kept (x)")
+    opener = (
+        f"import sqlite3, sys; c = sqlite3.connect({str(path)!r}); "
+        "c.execute('SELECT * FROM kept').fetchall(); print('open', flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", opener], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline() == "open\n"
+        await opened_and_written(f"sqlite:///{path}")
+        assert journal_mode(path) == "wal"
+        assert "stays in WAL mode while other processes have it open" in caplog.text
+        holder.stdin.close()
+    await opened_and_written(f"sqlite:///{path}")
+    assert journal_mode(path) == "delete"  # a connection's own default: not WAL any more
+    assert not Path(f"{path}-shm").exists()
+
+
+async def opened_and_written(url: str) -> None:
+    db = Database(url)
+    await db.open()
+    try:
+        await db.write(lambda conn: conn.execute(text("INSERT INTO kept VALUES (1)")))
+    finally:
+        await db.close()

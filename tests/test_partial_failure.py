@@ -88,7 +88,7 @@ def test_kill_9_during_a_retry_backoff_is_reaped_and_rerun_while_heartbeats_go_o
     assert ended[0].attempt == 3
     kept = rows(url, "SELECT attempt, status FROM asyncapp_attempts WHERE run_id = :r "
                 "ORDER BY attempt", r=run_id)  # fmt: skip
-    assert [(a.attempt, a.status) for a in kept] == [(1, "error"), (2, "interrupted")]
+    assert [(a.attempt, a.status) for a in kept] == [(1, "error"), (2, "unknown")]
     assert len(marks(path)) == 2, "a body ran twice"
 
     # The survivor goes on heartbeating, alone, and is ready.

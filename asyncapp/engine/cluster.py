@@ -7,8 +7,9 @@ claims and results waiting on the write thread never hold it up.
 
 Reaping.  As often, in a transaction of the write thread, a process removes
 the rows of processes silent for ``ASYNCAPP_PROCESS_TIMEOUT`` seconds and ends
-their runs as ``interrupted`` (:func:`asyncapp.store.claims.reap`), so a run
-left by a killed process is marked within timeout + interval or so.  It does
+their runs as ``unknown`` (:func:`asyncapp.store.claims.reap`: the end was never
+recorded, and the run may have finished), so a run left by a killed process is
+marked within timeout + interval or so.  It does
 so only while its own heartbeat is current (:meth:`Membership.current`): a
 process that was stalled itself must not declare dead the others stalled by
 the same cause.
@@ -52,7 +53,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from asyncapp import metrics
-from asyncapp.constants import INTERRUPTED, RUNNING, VERSION
+from asyncapp.constants import RUNNING, UNKNOWN, VERSION
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.model.change import Change
 from asyncapp.model.job import JobDef
@@ -156,7 +157,7 @@ class Membership:
             old, self.id = self.id, new_id()
             log.error(
                 "this process (%s, %s) was presumed dead by the others (no heartbeat for %ss); "
-                "its runs were ended as interrupted elsewhere: it abandons them all and "
+                "its runs were ended as unknown elsewhere: it abandons them all and "
                 "registers again as %s",
                 self.settings.node_name,
                 old,
@@ -183,7 +184,7 @@ class Membership:
         reaped: list[str] = []
         reruns, ended = await self.db.write(lambda conn: self._reap(conn, mine, reaped))
         for func in reaped:  # committed: count the runs this process ended for good
-            metrics.RUNS.labels(func, INTERRUPTED).inc()
+            metrics.RUNS.labels(func, UNKNOWN).inc()
         if ended:
             self._on_abandoned(ended)
         if reruns:
@@ -304,7 +305,7 @@ class Membership:
         )
         for node in gone:
             log.warning(
-                "process %s stopped heartbeating; its runs in progress are interrupted", node
+                "process %s stopped heartbeating; its runs in progress end as unknown", node
             )
         node = self.settings.node_name
         reaped.clear()  # a retried transaction starts over

@@ -8,12 +8,19 @@ which share the write thread, rarely wait behind a result.  A claim also takes
 the queued results into its own transaction (:meth:`Recorder.take`), so a run
 that ended never counts as in progress against the next claim.
 
-Ending a run is conditional (:func:`asyncapp.store.claims.end_runs`): a run another
-process already declared ``interrupted`` (this one was presumed dead, or a
-newer run cancelled it) keeps that verdict, and the late end is logged.  So
+Ending a run is conditional (:func:`asyncapp.store.claims.end_runs`): a run a
+newer run cancelled (``interrupted``), or that another process took over to run
+again, keeps that verdict, and the late end is logged; a run a reaper ended as
+``unknown`` while this process was presumed dead takes the real end.  So
 ``asyncapp_runs_total`` counts a run here once its end is committed, and only
-if this end is the one the history keeps (the process that declared it
-``interrupted`` counted it then).
+if this end is the one the history keeps (the process that ended it counted it
+then; a run first counted ``unknown`` by a reaper counts again with its end).
+
+If this process dies before its queued ends are written, the others end those
+runs as ``unknown``, never as ``interrupted``: the end may have been a success.
+The queue is written within :attr:`Recorder.LINGER` while the database answers,
+so that window is a few milliseconds; while the database refuses writes it
+lasts the outage.
 Ending a run of a ``buffer_one`` job starts the run waiting for it, here.
 
 The queue cannot grow without bound while the database is away: no run starts

@@ -64,6 +64,7 @@ from asyncapp.constants import (
     RUNNING,
     SCHEDULER_PAUSED,
     SCHEDULER_RUNNING,
+    UNKNOWN,
     WAITING,
     OverlapPolicy,
 )
@@ -403,8 +404,9 @@ def end_runs(
 ) -> tuple[int, list[Run]]:
     """Record the end of runs this process ran; start the waiting run of ``buffered`` jobs.
 
-    Returns how many ends were recorded (a run another process already ended,
-    this one being presumed dead, is left as it was) and the waiting runs this
+    Returns how many ends were recorded (a run another process ended or took
+    over is left as it was, except that the real end replaces the ``unknown`` a
+    reaper wrote when this process was presumed dead) and the waiting runs this
     process now owns and must start: for a job with overlap ``buffer_one``,
     the run that waited for the one that just ended.
     """
@@ -497,7 +499,11 @@ def reap(
 
     A run is orphaned when the process that claimed it has no row in
     ``asyncapp_processes`` any more (it stopped heartbeating and was removed).
-    Each becomes ``interrupted``; if its job asks for it (``rerun_interrupted``)
+    Each becomes ``unknown``, not ``interrupted``: all the reaper knows is that the
+    end was never recorded, and a run that finished while its end waited in the
+    dead process's queue (the database was away, or the process was killed within
+    the few milliseconds before the write) looks the same as one cut short.  If
+    its job asks for it (``rerun_interrupted``)
     and ``can_run`` says this process can run it, the run is claimed again by
     this process as its next attempt (the interrupted attempt is kept in
     ``asyncapp_attempts``).  A run that waited for an orphan (``buffer_one``)
@@ -602,7 +608,7 @@ def _reap_one(
     process_id: str,
     can_run: Callable[[JobDef], bool],
 ) -> tuple[Run, JobDef] | None:
-    """End one orphaned run as interrupted; claim it again as ``process_id`` if its job asks."""
+    """End one orphaned run as unknown; claim it again as ``process_id`` if its job asks."""
     # The interrupted attempt is numbered after every attempt already kept: the dead
     # process may have recorded a failed attempt (a retry in backoff) that its run
     # row does not show yet.
@@ -611,10 +617,11 @@ def _reap_one(
     ).scalar()
     attempt = max(orphan.attempt, (kept or 0) + 1)
     ended = {
-        "status": INTERRUPTED,
+        "status": UNKNOWN,
         "ended_at": now,
         "error_type": None,
-        "error_message": f"process {orphan.node} stopped responding while it ran",
+        "error_message": f"process {orphan.node} stopped responding before recording how "
+        "the run ended (it may have finished)",
     }
     if job is None or not job.rerun_interrupted or not can_run(job):
         conn.execute(
@@ -839,7 +846,10 @@ END_RUN = (
         and_(
             runs_table.c.id == bindparam("b_id"),
             runs_table.c.process_id == bindparam("b_process"),
-            runs_table.c.status == RUNNING,
+            # A reaper's "unknown" gives way to the real end, come late from a
+            # process that was presumed dead (a run taken over again is RUNNING
+            # under another process id: not matched).
+            or_(runs_table.c.status == RUNNING, runs_table.c.status == UNKNOWN),
         )
     )
     .values(

@@ -17,8 +17,24 @@ file) becomes :class:`~asyncapp.errors.DatabaseUnavailable`; callers answer
 it is set by any failure and cleared only by a write that succeeds.
 
 On SQLite, write transactions start with ``BEGIN IMMEDIATE`` (the write lock
-up front, so two processes never deadlock upgrading a read lock) and the file
-runs in WAL mode, so readers in other processes do not block the writer.
+up front, so two processes never deadlock upgrading a read lock).  Nothing of
+the database is memory-mapped: a rollback journal (``TRUNCATE``), not WAL, and
+``mmap_size`` 0.  WAL keeps its index in a ``-shm`` file that every process
+maps and writes; once that file is made immutable (``chattr +i``) or its file
+system goes read-only, the next write to a mapped page (a reader's mark, a
+checkpoint on close) kills the process with SIGBUS, which no error handling
+can catch (measured: 3 of 12 faults with two servers).  Through ``write()``
+the same fault is an error, answered 503.  The price is an fsync per commit
+and readers waiting for a commit to finish; a database an older asyncapp left
+in WAL mode is switched when a process opens it alone (:func:`_leave_wal`).
+
+A SQLite connection that failed with "read-only", an I/O error or "cannot
+open" is discarded, and with it every connection of the pool opened before
+(SQLAlchemy's disconnect handling, :func:`_discard_on_fault`); one opened
+while the file refused writes was opened read-only and would stay so, so it
+serves reads until the file takes writes, then is replaced at its next
+checkout.  Opening retries "database is locked" (a process
+starting while another holds the lock) instead of failing the start.
 
 Every wait for a lock is bounded by ``lock_timeout`` (PostgreSQL's
 ``lock_timeout``, SQLite's busy timeout), kept below the process timeout, and
@@ -32,8 +48,11 @@ applied, but it is not an outage (``down_since`` is left as it was).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,8 +61,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.engine import Connection, ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.dml import Insert
@@ -64,6 +83,11 @@ IDLE_TIMEOUT = 10.0
 #: PostgreSQL's lock_not_available; SQLite's SQLITE_BUSY.
 LOCK_NOT_AVAILABLE = "55P03"
 SQLITE_BUSY = 5
+#: SQLite's primary result codes of a file that refuses writes or reads: a connection
+#: that met one is discarded (SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN).
+SQLITE_FAULTS = frozenset({8, 10, 14})
+#: Seconds a start goes on retrying "database is locked" while opening.
+OPEN_PATIENCE = 60.0
 
 
 class Database:
@@ -117,7 +141,9 @@ class Database:
         :raises DatabaseUnavailable: if the database is away or refuses the write
             (the transaction is rolled back).
         """
-        return await self._submit(self._writer, self.write_now, fn)
+        outcome: tuple[T, bool] = await self._submit(self._writer, self._write_counted, fn)
+        self._answered(outcome[1])
+        return outcome[0]
 
     async def beat(self, fn: Callable[[Connection], T]) -> T:
         """:meth:`write`, on the heartbeat thread and its own connection.
@@ -126,7 +152,9 @@ class Database:
 
         :raises DatabaseUnavailable: if the database is away or refuses the write.
         """
-        return await self._submit(self._beater, self.write_now, fn)
+        outcome: tuple[T, bool] = await self._submit(self._beater, self._write_counted, fn)
+        self._answered(outcome[1])
+        return outcome[0]
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` in a read-only transaction on the read thread.
@@ -140,6 +168,19 @@ class Database:
         assert self._write_engine is not None, "database is not open"
         with self._write_engine.begin() as conn:
             return fn(conn)
+
+    def _write_counted(self, fn: Callable[[Connection], T]) -> tuple[T, bool]:
+        """:meth:`write_now`, and whether it proved the database takes writes again.
+
+        On SQLite only a changed row proves it: a connection opened while the
+        file refused writes begins and commits a write transaction that changes
+        nothing (a reaping that found no one to reap).
+        """
+        assert self._write_engine is not None, "database is not open"
+        with self._write_engine.begin() as conn:
+            before = _changes(conn)
+            result = fn(conn)
+            return result, before is None or _changes(conn) != before
 
     def read_now(self, fn: Callable[[Connection], T]) -> T:
         assert self.engine is not None, "database is not open"
@@ -158,14 +199,19 @@ class Database:
             if exc.connection_invalidated:
                 raise self._unavailable(exc, outage) from exc
             raise
-        # Only a write ends an outage: a read-only or immutable SQLite file still
-        # answers reads (the readiness ping, the change feed) while refusing every write.
-        if self.down_since is not None and pool is not self._reader:
+        return result
+
+    def _answered(self, wrote: bool) -> None:
+        """End the outage if a write went through.
+
+        Only a write ends it: a read-only or immutable SQLite file still answers
+        reads (the readiness ping, the change feed) while refusing every write.
+        """
+        if wrote and self.down_since is not None:
             log.warning(
                 "the database answers again after %.1f s", time.monotonic() - self.down_since
             )
             self.down_since = None
-        return result
 
     def _unavailable(self, exc: Exception, outage: bool) -> DatabaseUnavailable:
         detail = _one_line(exc)
@@ -178,6 +224,18 @@ class Database:
         return DatabaseUnavailable(detail)
 
     def _open(self, upgrade: bool) -> None:
+        """Open and migrate, again while another process holds the lock (``busy``)."""
+        deadline = time.monotonic() + OPEN_PATIENCE
+        while True:
+            try:
+                return self._open_once(upgrade)
+            except DBAPIError as exc:
+                if not _lock_wait_timed_out(exc) or time.monotonic() > deadline:
+                    raise
+                log.info("the database is locked by another process; opening it again")
+                time.sleep(0.1)
+
+    def _open_once(self, upgrade: bool) -> None:
         if self.dialect == "sqlite":
             engine = _sqlite_engine(self.url, self.lock_timeout)
         else:
@@ -201,14 +259,18 @@ class Database:
                 finally:
                     migrator.dispose()
             _bound_waits(engine, self.lock_timeout, self.idle_timeout)
-        if upgrade and self.dialect == "sqlite":
-            migrate(engine)
-        elif not upgrade and current_revision(engine) != HEAD_REVISION:
+        try:
+            if upgrade and self.dialect == "sqlite":
+                migrate(engine)
+                _leave_wal(engine)
+            elif not upgrade and current_revision(engine) != HEAD_REVISION:
+                raise DatabaseUnavailable(
+                    "its schema is older than this asyncapp; start the server (or run a "
+                    "command that changes something) once to upgrade it"
+                )
+        except BaseException:
             engine.dispose()
-            raise DatabaseUnavailable(
-                "its schema is older than this asyncapp; start the server (or run a command "
-                "that changes something) once to upgrade it"
-            )
+            raise
         self.engine = engine
         self._write_engine = engine.execution_options(asyncapp_write=True)
 
@@ -244,6 +306,13 @@ def bounded_waits(process_timeout: float) -> dict[str, float]:
     }
 
 
+def _changes(conn: Connection) -> int | None:
+    """Rows SQLite's connection changed since it opened; None on other databases."""
+    if conn.dialect.name != "sqlite":
+        return None
+    return int(conn.connection.dbapi_connection.total_changes)  # type: ignore[union-attr]
+
+
 def _one_line(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines()
@@ -275,15 +344,23 @@ def _sqlite_engine(url: Any, lock_timeout: float) -> Engine:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout})
 
+    path = url.database if url.database and url.database != ":memory:" else None
+
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+    def _pragmas(dbapi_connection: Any, record: Any) -> None:
+        # SQLite opens a file it may not write read-only, for good: known here, and
+        # such a connection is replaced once the file takes writes (see _checkout).
+        record.info["read_only"] = path is not None and not os.access(path, os.W_OK)
         # Transactions are begun by the "begin" hook below, not by the driver.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # WAL lets other processes read while one writes.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+        # Nothing mapped (see the module docstring).  A rollback journal mode is
+        # this connection's own; WAL is the file's, left to _leave_wal.
+        cursor.execute("PRAGMA mmap_size=0")
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode=TRUNCATE")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -291,4 +368,62 @@ def _sqlite_engine(url: Any, lock_timeout: float) -> Engine:
         write = conn.get_execution_options().get("asyncapp_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
+    @event.listens_for(engine, "checkout")
+    def _checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.info.get("read_only") and path is not None and os.access(path, os.W_OK):
+            raise DisconnectionError("opened while the file refused writes")
+
+    event.listen(engine, "handle_error", _discard_on_fault)
     return engine
+
+
+def _discard_on_fault(context: ExceptionContext) -> None:
+    """Treat SQLite's read-only, I/O and cannot-open errors as a lost connection.
+
+    SQLAlchemy then closes this connection and every one the pool opened
+    before it: a connection opened while the file refused writes is read-only
+    for good, and one that met an I/O error may hold a stale view.
+    """
+    code = getattr(context.original_exception, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in SQLITE_FAULTS:
+        return
+    context.is_disconnect = True
+    # Closing alone is not enough: a statement still referenced (by this error's
+    # traceback) keeps the closed connection's transaction, and its lock on the
+    # file, until the garbage collector frees it; then nobody could write.
+    cursor = getattr(context, "cursor", None)  # not set when the error had none
+    with contextlib.suppress(sqlite3.Error):
+        if cursor is not None:
+            cursor.close()
+        if context.connection is not None:
+            raw = context.connection.connection.dbapi_connection
+            if raw is not None and raw.in_transaction:
+                raw.execute("ROLLBACK")
+
+
+def _leave_wal(engine: Engine) -> None:
+    """Switch a database an older asyncapp left in WAL mode to the rollback journal.
+
+    It takes the file alone: while another process has it open the switch is
+    refused (``database is locked``), the file stays in WAL (served as before)
+    and the next process opening it alone switches it.
+    """
+    # On the driver's connection: out of any transaction, which the switch needs.
+    raw = engine.raw_connection()
+    try:
+        if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            return
+        try:
+            mode = raw.execute("PRAGMA journal_mode=TRUNCATE").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            mode = _one_line(exc)
+        if mode != "truncate":
+            log.warning(
+                "the SQLite file stays in WAL mode while other processes have it open (%s); "
+                "the next process to open it alone switches it to a rollback journal",
+                mode,
+            )
+        else:
+            log.info("switched the SQLite file from WAL to a rollback journal")
+    finally:
+        raw.close()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from asyncapp.constants import ERROR, INTERRUPTED, TIMEOUT
+from asyncapp.constants import ERROR, INTERRUPTED, TIMEOUT, UNKNOWN
 from asyncapp.faces.humanize import format_duration
 
 WIDTH = 600
@@ -29,7 +29,7 @@ TITLE_SPACE = 24
 GAP = 14
 #: The widest bar, so that a few runs do not look like a wall.
 BAR_MAX = 24.0
-FAILED = frozenset({ERROR, TIMEOUT, INTERRUPTED})
+FAILED = frozenset({ERROR, TIMEOUT, INTERRUPTED, UNKNOWN})
 
 
 @dataclass(frozen=True)
