@@ -37,7 +37,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 
 from asyncapp import http, metrics
 from asyncapp.constants import SCHEDULER_RUNNING, SchedulerState
@@ -57,17 +56,15 @@ from asyncapp.errors import (
 )
 from asyncapp.model.change import Actor
 from asyncapp.model.job import JobDef
-from asyncapp.model.run import Run
+from asyncapp.model.run import Run, new_id
 from asyncapp.model.tasks import Registry, Task, registry
 from asyncapp.service.jobs import JobService
 from asyncapp.service.validation import parse_job_create
 from asyncapp.settings import Settings
 from asyncapp.store import requests
-from asyncapp.store.claims import Reasons
-from asyncapp.store.database import Database, bounded_waits
-from asyncapp.store.jobs import JobStore
-from asyncapp.store.processes import Process
-from asyncapp.store.runs import prune
+from asyncapp.store.database import bounded_waits
+from asyncapp.store.interface import Reasons
+from asyncapp.store.sql import SqlStore
 from asyncapp.watchdog import Watchdog
 from asyncapp.watchdog import requests as watchdog_requests
 
@@ -84,7 +81,9 @@ RESULTS_TIMEOUT = 10.0
 class Parts:
     """Everything a started runtime owns, built at start and closed in reverse order."""
 
-    db: Database
+    #: The composition root picks the store: the SQL one (the faces and tests may reach
+    #: its database through it; the engine and the service see only the interface).
+    store: SqlStore
     http: httpx.AsyncClient
     membership: Membership
     recorder: Recorder
@@ -135,8 +134,8 @@ class Runtime:
         return firing
 
     @property
-    def db(self) -> Database:
-        return self._running("the database").db
+    def store(self) -> SqlStore:
+        return self._running("the database").store
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -231,46 +230,46 @@ class Runtime:
 
     async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings
-        db = Database(settings.database_url, **bounded_waits(settings.process_timeout))
-        stack.push_async_callback(db.close)
-        await db.open()
+        store = SqlStore.at(settings.database_url, **bounded_waits(settings.process_timeout))
+        stack.push_async_callback(store.close)
+        await store.open()
 
         client = http.open_client(settings)
         stack.push_async_callback(http.close_client, client)
         _import_job_modules(settings.job_modules)
 
-        membership = Membership(
-            db,
-            settings,
-            role=self.role,
-            info=self._process_info,
-            can_run=lambda job: job.func in self.tasks,
-            on_reruns=self._rerun,
-            on_live=self._on_live,
-            local_runs=self._local_runs,
-            on_abandoned=self._abandon,
-            on_fenced=self._fenced,
-        )
-        recorder = Recorder(db, membership.id)
+        process_id = new_id()
+        recorder = Recorder(store, process_id)
         runner = Runner(recorder, settings, self._job_context)
         reasons = Reasons(started_at=datetime.now(UTC))
-        firing = FiringEngine(db, settings, self.tasks, reasons) if self.role == SERVER else None
+        firing = FiringEngine(store, settings, self.tasks, reasons) if self.role == SERVER else None
         dispatcher = Dispatcher(
-            db,
+            store,
             runner,
             node=settings.node_name,
-            process_id=membership.id,
+            process_id=process_id,
             reasons=reasons,
+            max_running=settings.max_running,
             hooks=firing,
         )
+        membership = Membership(
+            store,
+            settings,
+            process_id=process_id,
+            role=self.role,
+            tasks=self.tasks,
+            runs=dispatcher,
+            results=recorder,
+            firing=firing,
+        )
         self._parts = Parts(
-            db=db,
+            store=store,
             http=client,
             membership=membership,
             recorder=recorder,
             runner=runner,
             dispatcher=dispatcher,
-            service=JobService(db, self.tasks, settings, local=self),
+            service=JobService(store, self.tasks, settings, local=self),
             watchdog=Watchdog(settings.loop_lag_threshold, self._culprit),
             firing=firing,
         )
@@ -311,19 +310,9 @@ class Runtime:
         with self._run_context(), http.bind(self.http):
             yield
 
-    def _process_info(self) -> dict[str, Any]:
-        parts, fired = self._parts, self._fired
-        return {
-            "state": fired.state_name if fired is not None else "none",
-            "runs_in_progress": parts.dispatcher.running if parts is not None else 0,
-            "results_pending": parts.recorder.pending if parts is not None else 0,
-            "jobs": len(fired.cache.entries()) if fired is not None else 0,
-            "broken_jobs": len(fired.cache.broken) if fired is not None else 0,
-        }
-
     def update_gauges(self) -> None:
         """Refresh the gauges that are read, not counted (before a scrape)."""
-        metrics.DATABASE_UP.set(0 if self.db.down_since is not None else 1)
+        metrics.DATABASE_UP.set(0 if self.store.down_since is not None else 1)
         metrics.LIVE_PROCESSES.set(len(self.membership.live))
 
     def health(self) -> dict[str, Any]:
@@ -335,11 +324,11 @@ class Runtime:
         membership = self.membership
         # This process's heartbeat row holds what it said at its last beat (at join,
         # before the scheduler existed, right after start): its own entry is live.
-        now = self._process_info()
+        now = membership.info()
         return {
             "state": state,
             "running": state == SCHEDULER_RUNNING,
-            "database": "unavailable" if self.db.down_since is not None else "ok",
+            "database": "unavailable" if self.store.down_since is not None else "ok",
             "process": self.info(),
             "processes": [
                 p.to_dict(membership.clock) | (now if p.id == membership.id else {})
@@ -352,8 +341,7 @@ class Runtime:
         if not self.started:
             return ["asyncapp is not started"]
         found = []
-        db = self.db
-        if db.down_since is not None:
+        if self.store.down_since is not None:
             found.append("the database is unavailable")
         if self.role == SERVER:
             if self.scheduler.held:
@@ -370,7 +358,7 @@ class Runtime:
 
     async def ping(self) -> None:
         """One round trip to the database. :raises DatabaseUnavailable:"""
-        await self.db.read(lambda conn: conn.execute(text("SELECT 1")))
+        await self.store.ping()
 
     async def prune(self) -> int:
         """Delete run history beyond ``ASYNCAPP_HISTORY_DAYS`` / ``_PER_JOB``, in batches
@@ -384,25 +372,17 @@ class Runtime:
             else None
         )
         forget_before = time.time() - requests.KEEP_SECONDS
-        await self.db.write(lambda conn: requests.prune(conn, forget_before))
+        store = self.store
+        await store.prune_answers(forget_before)
         if older_than is not None:
-            store = JobStore(self.db)
             while (
-                await self.db.write(
-                    lambda conn: store.prune_changes(conn, older_than=older_than, batch=PRUNE_BATCH)
-                )
-                == PRUNE_BATCH
+                await store.prune_changes(older_than=older_than, batch=PRUNE_BATCH) == PRUNE_BATCH
             ):
                 pass
         total = 0
         while True:
-            deleted = await self.db.write(
-                lambda conn: prune(
-                    conn,
-                    older_than=older_than,
-                    keep_per_job=settings.history_per_job,
-                    batch=PRUNE_BATCH,
-                )
+            deleted = await store.prune_runs(
+                older_than=older_than, keep_per_job=settings.history_per_job, batch=PRUNE_BATCH
             )
             total += deleted
             if deleted < PRUNE_BATCH:
@@ -441,27 +421,10 @@ class Runtime:
             "node": self.settings.node_name,
             "id": self.membership.id,
             "role": self.role,
-            **self._process_info(),
+            **self.membership.info(),
         }
 
-    # -- cluster ------------------------------------------------------------------
-
-    def _on_live(self, _: list[Process]) -> None:
-        if self._parts is not None:
-            self._parts.dispatcher.rank = self._parts.membership.ranking()
-
-    def _rerun(self, reruns: list[tuple[Run, JobDef]]) -> None:
-        if self._parts is None:
-            return
-        dispatcher = self._parts.dispatcher
-        for run, job in reruns:
-            log.warning(
-                "job %s run %s: taking it over from a dead process (attempt %d)",
-                job.id,
-                run.id,
-                run.attempt,
-            )
-            dispatcher.start_runs([run], job, self.tasks.resolve(job.func).func)
+    # -- the watchdog -------------------------------------------------------------
 
     def _culprit(self, task: asyncio.Task[Any] | None) -> tuple[str, str]:
         """What ``task`` is, for the watchdog: ("job", ...), ("request", ...) or ("other", ...)."""
@@ -474,22 +437,6 @@ class Runtime:
         if task is None:
             return "other", "a callback outside any task (the scheduler, a database reply...)"
         return "other", f"task {task.get_name()}"
-
-    def _local_runs(self) -> list[str]:
-        # Runs ended here whose end is still queued count as here: their end is
-        # written after (the write thread runs transactions in order of submission).
-        if self._parts is None:
-            return []
-        return self._parts.dispatcher.run_ids() + self._parts.recorder.queued()
-
-    def _fenced(self, process_id: str) -> None:
-        if self._parts is not None:
-            self._parts.dispatcher.fence(process_id)
-            self._parts.recorder.process_id = process_id
-
-    def _abandon(self, run_ids: list[str]) -> None:
-        if self._parts is not None:
-            self._parts.dispatcher.abandon(run_ids)
 
     # -- jobs declared in code ------------------------------------------------------
 
@@ -532,8 +479,7 @@ class Runtime:
             except AsyncAppError as exc:
                 raise SettingsError([f"@task {task.ref}: {exc}"]) from None
         ids = {job.id for job in declared}
-        store = JobStore(self.db)
-        stored = await self.db.read(store.all)
+        stored = await self.store.jobs()
         owned = {job.id for job in stored if job.declared is not None and job.id not in ids}
         changed, removed = await service.apply_declarations(declared, owned, Actor("code"))
         for job_id in changed:
@@ -588,13 +534,13 @@ async def offline_service(
 
     ``writes=False`` opens the database without upgrading its schema.
     """
-    db = Database(settings.database_url, **bounded_waits(settings.process_timeout))
+    store = SqlStore.at(settings.database_url, **bounded_waits(settings.process_timeout))
     try:
-        await db.open(migrate=writes)
+        await store.open(migrate=writes)
         _import_job_modules(settings.job_modules)
-        yield JobService(db, tasks, settings)
+        yield JobService(store, tasks, settings)
     finally:
-        await db.close()
+        await store.close()
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

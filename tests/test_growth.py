@@ -45,7 +45,7 @@ async def test_pruning_forgets_old_changes_and_old_idempotency_answers(
                 .values(created_at=time.time() - 2 * 86400)
             )  # fmt: skip
 
-        await runtime.db.write(age)
+        await runtime.store.db.write(age)
         await runtime.prune()
 
         def left(conn: Connection) -> tuple[list[str], int]:
@@ -53,7 +53,7 @@ async def test_pruning_forgets_old_changes_and_old_idempotency_answers(
             answers = conn.execute(select(func.count()).select_from(requests_table))
             return list(jobs.scalars()), int(answers.scalar_one())
 
-        changes, answers = await runtime.db.read(left)
+        changes, answers = await runtime.store.db.read(left)
     assert changes == ["j3", "j4"]
     assert answers == 3
 

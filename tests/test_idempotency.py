@@ -103,7 +103,7 @@ async def test_a_run_now_whose_answer_was_lost_runs_once_when_retried(
     job = {"id": "m", "func": "tests.jobs:mark", "args": [str(marks)], "trigger": "interval",
            "hours": 1}  # fmt: skip
     assert (await client.post("/scheduler/jobs", json=job)).status_code == 200
-    db = runtime.db
+    db = runtime.store.db
     write = db.write
     lost: list[str] = []
 

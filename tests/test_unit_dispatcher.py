@@ -1,4 +1,4 @@
-"""Dispatcher on its own, over a real SQLite database and a fake runner: batched
+"""Dispatcher on its own, over the SQL store on a real SQLite file and a fake runner: batched
 claims, runs started only where won, "run now", spreading by rank, the cap on runs
 at once, drain, and what its owner is told when a claim cannot be made."""
 
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import select
 
 from asyncapp.constants import (
     BUFFER_ONE,
@@ -28,13 +27,14 @@ from asyncapp.constants import (
 from asyncapp.engine.dispatch import SPREAD_DELAY, Dispatcher, Hooks, Submission
 from asyncapp.engine.recorder import Recorder
 from asyncapp.errors import DatabaseUnavailable, JobBusy, JobNotFound, NotRunning
+from asyncapp.model.change import Actor
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run
 from asyncapp.settings import Settings
-from asyncapp.store.claims import Due, Reasons
 from asyncapp.store.database import Database
-from asyncapp.store.jobs import JobStore
-from asyncapp.store.tables import processes_table, runs_table
+from asyncapp.store.interface import Due, Reasons
+from asyncapp.store.sql import SqlStore
+from asyncapp.store.tables import processes_table
 from tests.unit_parts import insert, job, on_grid, tick
 
 T = TypeVar("T")
@@ -75,6 +75,12 @@ class FakeRunner:
         self.cancelled: list[tuple[str, bool]] = []
         self.release: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._changed = asyncio.Event()
+
+    def abandon(self, run_id: str) -> None:
+        self.abandoned.add(run_id)
+
+    def forget(self, run_id: str) -> None:
+        self.abandoned.discard(run_id)
 
     async def run(self, run: Run, job: JobDef, func: Callable[..., Any]) -> Run:
         self.started.append(run)
@@ -149,7 +155,8 @@ def dispatcher(
     hooks: Hooks | None = None,
     **settings: Any,
 ) -> tuple[Dispatcher, FakeRunner]:
-    runner = FakeRunner(Recorder(db, process), Settings(**settings))
+    store = SqlStore(db)
+    runner = FakeRunner(Recorder(store, process), Settings(**settings))
     # Claims are fenced: only a process with its row in asyncapp_processes may claim.
     if db.engine is not None:
         db.write_now(
@@ -161,11 +168,12 @@ def dispatcher(
             )
         )  # fmt: skip
     one = Dispatcher(
-        db,
+        store,
         runner,  # type: ignore[arg-type]
         node=f"node-{process}",
         process_id=process,
         reasons=Reasons(started_at=now - timedelta(hours=1)),
+        max_running=runner.settings.max_running,
         hooks=hooks,
     )
     made.append(one)
@@ -179,14 +187,12 @@ def submission(one: JobDef, *times: datetime, **options: Any) -> Submission:
     return Submission(due, one, tick)
 
 
-async def ledger(db: Database) -> list[Any]:
-    return await db.read(
-        lambda conn: list(
-            conn.execute(
-                select(runs_table).order_by(runs_table.c.job_id, runs_table.c.scheduled_for)
-            )
-        )
+async def ledger(db: Database) -> list[Run]:
+    """Every run and missed record, by job and scheduled time."""
+    page = await SqlStore(db).run_page(
+        job_id=None, status=None, limit=1000, offset=0, since=None, until=None, job_contains=None
     )
+    return sorted(page.runs, key=lambda run: (run.job_id, run.scheduled_for))
 
 
 async def test_a_batch_is_claimed_in_one_transaction_and_only_won_runs_start(
@@ -302,7 +308,7 @@ async def test_run_now_is_refused_at_the_limit_and_for_a_removed_job(
     with pytest.raises(JobBusy):
         await one.run_now(a, tick)
 
-    await db.write(lambda conn: JobStore(db).delete(conn, "a"))
+    await SqlStore(db).remove_job("a", Actor("code"))
     with pytest.raises(JobNotFound):
         await one.run_now(a, tick)
     assert len(runner.started) == 1
@@ -528,7 +534,7 @@ async def test_a_paused_scheduler_halts_scheduled_claims_but_not_run_now(
 ) -> None:
     a = job("a", next_run_time=now)
     await insert(db, a)
-    await db.write(lambda conn: JobStore(db).set_scheduler_state(conn, SCHEDULER_PAUSED_STATE, 0.0))
+    await SqlStore(db).set_scheduler_state(SCHEDULER_PAUSED_STATE, Actor("code"))
     told = Told()
     one, runner = dispatcher(dispatchers, db, now, hooks=told)
     one.start()

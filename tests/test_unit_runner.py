@@ -23,6 +23,7 @@ from asyncapp.errors import NotRunning
 from asyncapp.model.run import Run
 from asyncapp.settings import Settings
 from asyncapp.store.claims import Due, Reasons, claim
+from asyncapp.store.sql import SqlStore
 from asyncapp.store.tables import attempts_table, runs_table
 from tests.unit_parts import EVERY_10S, insert, job, on_grid, sqlite_db
 
@@ -373,7 +374,7 @@ async def test_with_a_real_recorder_the_run_and_its_failed_attempt_are_written(
     claimed: tuple[Any, Run],
 ) -> None:
     db, run = claimed
-    recorder = Recorder(db, "p1")
+    recorder = Recorder(SqlStore(db), "p1")
     runner = Runner(recorder, settings())
     recorder.start()
     try:
