@@ -15,11 +15,15 @@ Stop: the scheduler stops planning, the dispatcher stops claiming, running
 jobs get the grace period and are then cancelled (recorded as interrupted),
 their results are written, and this process leaves the cluster.
 
-The runtime is also what the service calls back after a committed change
-(:class:`asyncapp.service.jobs.Local`) and what the dispatcher tells when a claim
-found a job changed, the scheduler halted, or the database away
-(:class:`asyncapp.engine.dispatch.Hooks`).  A ``role="cli"`` runtime (``flask jobs
-run``) has the database, the client and an executor, and fires nothing.
+Each part is handed its collaborators at construction and nothing calls back
+up into the runtime but the service (:class:`asyncapp.service.jobs.Local`, which
+the runtime passes on to the firing engine): the dispatcher tells the firing
+engine (:class:`asyncapp.engine.dispatch.Hooks`), membership tells the
+dispatcher and the recorder (:class:`asyncapp.engine.cluster.Runs`,
+:class:`~asyncapp.engine.cluster.Results`).  All of them reach the database
+through the one :class:`~asyncapp.store.interface.Store`, the SQL one built
+here.  A ``role="cli"`` runtime (``flask jobs run``) has the store, the client
+and an executor, and fires nothing.
 """
 
 from __future__ import annotations

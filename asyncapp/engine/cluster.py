@@ -2,8 +2,9 @@
 
 Heartbeats.  Every process has a row in ``asyncapp_processes`` that it
 refreshes every ``ASYNCAPP_HEARTBEAT_INTERVAL`` seconds, by the database's
-clock, on a thread and connection of its own (:meth:`Database.beat`), so
-claims and results waiting on the write thread never hold it up.
+clock, on a thread and connection of its own
+(:meth:`~asyncapp.store.interface.Store.refresh`), so claims and results
+waiting on the write thread never hold it up.
 
 Reaping.  As often, in a transaction of the write thread, a process removes
 the rows of processes silent for ``ASYNCAPP_PROCESS_TIMEOUT`` seconds and ends

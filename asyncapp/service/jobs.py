@@ -55,7 +55,7 @@ from asyncapp.model.triggers import (
     build_trigger,
     fire_time_after,
     fire_times_after,
-    trigger_to_spec,
+    resolve_trigger,
 )
 from asyncapp.model.values import storable
 from asyncapp.settings import Settings
@@ -78,6 +78,8 @@ def keyed_run_id(job_id: str, key: str) -> str:
     return hashlib.sha256(f"{job_id}\0{key}".encode()).hexdigest()[:32]
 
 
+#: The most items one page of jobs or runs holds.
+MAX_PAGE = 1000
 #: Job fields a PATCH may change.
 CHANGEABLE = ("func", "args", "kwargs", "trigger", "paused", *JOB_OPTIONS)
 #: Fields whose changes the history records (what the API shows of a job).
@@ -232,10 +234,7 @@ class JobService:
             errors.append({"field": "state", "message": f"must be one of {', '.join(JOB_FILTERS)}"})
         if sort not in JOB_SORTS:
             errors.append({"field": "sort", "message": f"must be one of {', '.join(JOB_SORTS)}"})
-        if not 1 <= limit <= 1000:
-            errors.append({"field": "limit", "message": "must be between 1 and 1000"})
-        if offset < 0:
-            errors.append({"field": "offset", "message": "must be >= 0"})
+        errors.extend(_page_errors(limit, offset))
         if errors:
             raise InvalidJob(errors)
         registered = self.tasks.refs()
@@ -531,10 +530,7 @@ class JobService:
             errors.append(
                 {"field": "status", "message": f"must be one of {', '.join(RUN_STATUSES)}"}
             )
-        if not 1 <= limit <= 1000:
-            errors.append({"field": "limit", "message": "must be between 1 and 1000"})
-        if offset < 0:
-            errors.append({"field": "offset", "message": "must be >= 0"})
+        errors.extend(_page_errors(limit, offset))
         if errors:
             raise InvalidJob(errors)
         page = await self.store.run_page(
@@ -580,12 +576,15 @@ class JobService:
             )
 
     def _first_time(self, spec: dict[str, Any]) -> datetime | None:
+        """The first fire time after now of a stored trigger spec."""
         trigger = build_trigger(spec, self.settings.zone, jitter=False)
         return fire_time_after(trigger, None, datetime.now(UTC))
 
-    def _trigger_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """The full stored form of a requested trigger (start dates resolved now)."""
-        return trigger_to_spec(build_trigger(spec, self.settings.zone))
+    def _resolve(self, spec: dict[str, Any]) -> tuple[dict[str, Any], datetime | None]:
+        """A requested trigger, built once: its full stored form (start dates resolved
+        now) and its first fire time after now."""
+        trigger, stored = resolve_trigger(spec, self.settings.zone)
+        return stored, fire_time_after(trigger, None, datetime.now(UTC))
 
     def _check_size(self, job: JobDef) -> None:
         """Arguments must be JSON, and at most ``ASYNCAPP_MAX_ARGS_BYTES`` of it.
@@ -625,7 +624,7 @@ class JobService:
         args, kwargs = list(spec.get("args") or []), dict(spec.get("kwargs") or {})
         if check_args:
             self._check_call(func, args, kwargs)
-        trigger = self._trigger_spec(spec["trigger"])
+        trigger, first = self._resolve(spec["trigger"])
         job = JobDef(
             id=job_id,
             func=func,
@@ -648,7 +647,7 @@ class JobService:
         self._check_size(job)
         if spec.get("paused"):
             return job
-        return job.changed(next_run_time=self._first_time(trigger))
+        return job.changed(next_run_time=first)
 
     def _changed(self, job: JobDef, changes: dict[str, Any]) -> JobDef:
         """``job`` with ``changes`` applied and validated, version bumped if anything changed."""
@@ -666,9 +665,9 @@ class JobService:
             values["kwargs"] = dict(changes["kwargs"] or {})
         if changes.get("func") is not None:
             values["func"] = changes["func"]
-        trigger = job.trigger
+        first: datetime | None = None
         if changes.get("trigger") is not None:
-            trigger = values["trigger"] = self._trigger_spec(changes["trigger"])
+            values["trigger"], first = self._resolve(changes["trigger"])
         updated = job.changed(**values)
         self._check_call(updated.func, updated.args, updated.kwargs)
         _check_options(updated)
@@ -676,11 +675,23 @@ class JobService:
         paused = changes.get("paused", job.paused)
         if paused:
             updated = updated.changed(next_run_time=None)
-        elif job.paused or "trigger" in values:
-            updated = updated.changed(next_run_time=self._first_time(trigger), note=None)
+        elif "trigger" in values:
+            updated = updated.changed(next_run_time=first, note=None)
+        elif job.paused:
+            updated = updated.changed(next_run_time=self._first_time(job.trigger), note=None)
         if updated == job:
             return job
         return updated.changed(version=job.version + 1)
+
+
+def _page_errors(limit: int, offset: int) -> list[dict[str, str]]:
+    """What is wrong with a page of ``limit`` (1-1000) items from ``offset`` (>= 0)."""
+    errors = []
+    if not 1 <= limit <= MAX_PAGE:
+        errors.append({"field": "limit", "message": f"must be between 1 and {MAX_PAGE}"})
+    if offset < 0:
+        errors.append({"field": "offset", "message": "must be >= 0"})
+    return errors
 
 
 def _check_options(job: JobDef) -> None:
