@@ -58,7 +58,7 @@ from asyncapp.model.run import Run, new_id
 from asyncapp.model.tasks import Registry
 from asyncapp.model.values import storable
 from asyncapp.settings import Settings
-from asyncapp.store.interface import Heartbeat, Process, Store
+from asyncapp.store.interface import Heartbeat, Process, ProcessRow, Store
 
 log = logging.getLogger("asyncapp.cluster")
 
@@ -295,7 +295,7 @@ class Membership:
         self.clock = beat.clock
         self.live = beat.live
 
-    def _row(self) -> dict[str, Any]:
+    def _row(self) -> ProcessRow:
         """This process's heartbeat row, but for the time (the database's clock)."""
         return {
             "node": storable(self.settings.node_name, 200),

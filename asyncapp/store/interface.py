@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 from asyncapp.constants import JobFilter, JobSort, SchedulerState
 from asyncapp.model.change import Actor, Change
@@ -41,6 +41,7 @@ __all__ = [
     "Outcome",
     "Overview",
     "Process",
+    "ProcessRow",
     "Reaped",
     "Reasons",
     "Recorded",
@@ -69,6 +70,18 @@ class Recorded:
     kept: list[Run] = field(default_factory=list)
     #: Waiting runs this process now owns and must start.
     started: list[Run] = field(default_factory=list)
+
+
+class ProcessRow(TypedDict):
+    """A process's heartbeat row as it writes it (the time is the database's clock)."""
+
+    node: str
+    host: str
+    pid: int
+    role: str
+    version: str
+    #: JSON: what the process says of itself (runs in progress, jobs...).
+    info: str
 
 
 @dataclass(frozen=True)
@@ -161,12 +174,12 @@ class Store(Protocol):
 
     # -- processes --------------------------------------------------------------------
 
-    async def register(self, process_id: str, row: dict[str, Any]) -> Heartbeat:
+    async def register(self, process_id: str, row: ProcessRow) -> Heartbeat:
         """Add this process's heartbeat row (``row`` without its time), on the heartbeat
         thread and connection."""
         ...
 
-    async def refresh(self, process_id: str, row: dict[str, Any]) -> Heartbeat | None:
+    async def refresh(self, process_id: str, row: ProcessRow) -> Heartbeat | None:
         """Refresh this process's heartbeat row; None if it is gone (presumed dead)."""
         ...
 

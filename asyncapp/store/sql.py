@@ -52,6 +52,7 @@ from asyncapp.store.interface import (
     Heartbeat,
     JobPage,
     Overview,
+    ProcessRow,
     Reaped,
     Recorded,
     RunPage,
@@ -146,7 +147,7 @@ class SqlStore:
 
     # -- processes --------------------------------------------------------------------
 
-    async def register(self, process_id: str, row: dict[str, Any]) -> Heartbeat:
+    async def register(self, process_id: str, row: ProcessRow) -> Heartbeat:
         def transaction(conn: Connection) -> Heartbeat:
             clock = self.db.clock(conn)
             conn.execute(
@@ -158,7 +159,7 @@ class SqlStore:
 
         return await self.db.beat(transaction)
 
-    async def refresh(self, process_id: str, row: dict[str, Any]) -> Heartbeat | None:
+    async def refresh(self, process_id: str, row: ProcessRow) -> Heartbeat | None:
         def transaction(conn: Connection) -> Heartbeat | None:
             clock = self.db.clock(conn)
             refreshed = conn.execute(
