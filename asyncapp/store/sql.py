@@ -428,10 +428,7 @@ class SqlStore:
         store = self.rows
 
         def change(conn: Connection) -> JobDef:
-            store.begin_change(conn)
-            job = store.get(conn, job_id, lock=True)
-            if job is None:
-                raise JobNotFound(job_id)
+            job = self._locked(conn, job_id)
             edited = edit(job)
             if edited is None:
                 return job
@@ -446,14 +443,19 @@ class SqlStore:
         store = self.rows
 
         def change(conn: Connection) -> None:
-            store.begin_change(conn)
-            job = store.get(conn, job_id, lock=True)
-            if job is None:
-                raise JobNotFound(job_id)
+            self._locked(conn, job_id)
             store.delete(conn, job_id)
             store.record(conn, action=REMOVE, job_id=job_id, actor=actor, detail={})
 
         await self.db.write(change)
+
+    def _locked(self, conn: Connection, job_id: str) -> JobDef:
+        """Begin a change and lock ``job_id``'s row. :raises JobNotFound:"""
+        self.rows.begin_change(conn)
+        job = self.rows.get(conn, job_id, lock=True)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
 
     async def save_jobs(
         self,
