@@ -45,7 +45,7 @@ from asyncapp.faces.health import health_blueprint
 from asyncapp.runtime import Runtime, offline_service
 from asyncapp.service.jobs import JobService
 from asyncapp.settings import Settings, load_settings
-from asyncapp.store.sql import APSCHEDULER_TABLE
+from asyncapp.store.sql_jobs import APSCHEDULER_TABLE
 
 log = logging.getLogger("asyncapp")
 
