@@ -34,8 +34,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection
 
 from asyncapp import logs
 from asyncapp.engine.cluster import CLI
@@ -47,13 +45,12 @@ from asyncapp.faces.health import health_blueprint
 from asyncapp.runtime import Runtime, offline_service
 from asyncapp.service.jobs import JobService
 from asyncapp.settings import Settings, load_settings
+from asyncapp.store.sql_jobs import APSCHEDULER_TABLE
 
 log = logging.getLogger("asyncapp")
 
 #: The modules of the default app's jobs; no other app gets them unless it names them.
 EXAMPLES = "asyncapp.examples"
-#: The table of APScheduler's SQLAlchemyJobStore.
-APSCHEDULER_TABLE = "apscheduler_jobs"
 #: Blueprints that need the runtime: answered 503 with :data:`NOT_SERVED` without one.
 RUNTIME_BLUEPRINTS = ("asyncapp_health", "scheduler", "dashboard")
 NOT_SERVED = (
@@ -216,14 +213,8 @@ async def _warn_of_apscheduler_store(runtime: Runtime) -> None:
     URL; those jobs are pickles, which asyncapp never loads (loading one runs code
     from the database), so they would otherwise be ignored without a word.
     """
-
-    def count(conn: Connection) -> int:
-        if not inspect(conn).has_table(APSCHEDULER_TABLE):
-            return 0
-        return int(conn.execute(text("SELECT count(*) FROM apscheduler_jobs")).scalar_one())
-
     try:
-        found = await runtime.db.read(count)
+        found = await runtime.store.legacy_jobs()
     except DatabaseUnavailable:
         return
     if found:

@@ -17,18 +17,21 @@ Stop: the scheduler stops planning, the dispatcher stops claiming, running
 jobs get the grace period and are then cancelled (recorded as interrupted),
 their results are written, and this process leaves the cluster.
 
-The runtime is also what the service calls back after a committed change
-(:class:`asyncapp.service.jobs.Local`) and what the dispatcher tells when a claim
-found a job changed, the scheduler halted, or the database away
-(:class:`asyncapp.engine.dispatch.Hooks`).  A ``role="cli"`` runtime (``flask jobs
-run``) has the database, the client and an executor, and fires nothing.
+Each part is handed its collaborators at construction and nothing calls back
+up into the runtime but the service (:class:`asyncapp.service.jobs.Local`, which
+the runtime passes on to the firing engine): the dispatcher tells the firing
+engine (:class:`asyncapp.engine.dispatch.Hooks`), membership tells the
+dispatcher and the recorder (:class:`asyncapp.engine.cluster.Runs`,
+:class:`~asyncapp.engine.cluster.Results`).  All of them reach the database
+through the one :class:`~asyncapp.store.interface.Store`, the SQL one built
+here.  A ``role="cli"`` runtime (``flask jobs run``) has the store, the client
+and an executor, and fires nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import importlib
 import logging
@@ -40,7 +43,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 
 from asyncapp import http, metrics
 from asyncapp.constants import SCHEDULER_RUNNING, SchedulerState
@@ -60,18 +62,16 @@ from asyncapp.errors import (
 )
 from asyncapp.model.change import Actor
 from asyncapp.model.job import JobDef
-from asyncapp.model.run import Run
+from asyncapp.model.run import Run, new_id
 from asyncapp.model.tasks import Registry, Task, registry
 from asyncapp.service import declarations
 from asyncapp.service.jobs import JobService
 from asyncapp.service.validation import parse_job_create
 from asyncapp.settings import Settings
 from asyncapp.store import requests
-from asyncapp.store.claims import Reasons
-from asyncapp.store.database import Database, bounded_waits
-from asyncapp.store.jobs import JobStore
-from asyncapp.store.processes import Process
-from asyncapp.store.runs import prune
+from asyncapp.store.database import bounded_waits
+from asyncapp.store.interface import Process, Reasons
+from asyncapp.store.sql import SqlStore
 from asyncapp.watchdog import Watchdog
 from asyncapp.watchdog import requests as watchdog_requests
 
@@ -88,7 +88,9 @@ RESULTS_TIMEOUT = 10.0
 class Parts:
     """Everything a started runtime owns, built at start and closed in reverse order."""
 
-    db: Database
+    #: The composition root picks the store: the SQL one (the faces and tests may reach
+    #: its database through it; the engine and the service see only the interface).
+    store: SqlStore
     http: httpx.AsyncClient
     membership: Membership
     recorder: Recorder
@@ -144,8 +146,8 @@ class Runtime:
         return firing
 
     @property
-    def db(self) -> Database:
-        return self._running("the database").db
+    def store(self) -> SqlStore:
+        return self._running("the database").store
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -240,46 +242,47 @@ class Runtime:
 
     async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings
-        db = Database(settings.database_url, **bounded_waits(settings.process_timeout))
-        stack.push_async_callback(db.close)
-        await db.open()
+        store = SqlStore.at(settings.database_url, **bounded_waits(settings.process_timeout))
+        stack.push_async_callback(store.close)
+        await store.open()
 
         client = http.open_client(settings)
         stack.push_async_callback(http.close_client, client)
         _import_job_modules(settings.job_modules)
 
-        membership = Membership(
-            db,
-            settings,
-            role=self.role,
-            info=self._process_info,
-            can_run=lambda job: job.func in self.tasks,
-            on_reruns=self._rerun,
-            on_live=self._on_live,
-            local_runs=self._local_runs,
-            on_abandoned=self._abandon,
-            on_fenced=self._fenced,
-        )
-        recorder = Recorder(db, membership.id)
+        process_id = new_id()
+        recorder = Recorder(store, process_id)
         runner = Runner(recorder, settings, self._job_context)
         reasons = Reasons(started_at=datetime.now(UTC))
-        firing = FiringEngine(db, settings, self.tasks, reasons) if self.role == SERVER else None
+        firing = FiringEngine(store, settings, self.tasks, reasons) if self.role == SERVER else None
         dispatcher = Dispatcher(
-            db,
+            store,
             runner,
             node=settings.node_name,
-            process_id=membership.id,
+            process_id=process_id,
             reasons=reasons,
+            max_running=settings.max_running,
             hooks=firing,
         )
+        membership = Membership(
+            store,
+            settings,
+            process_id=process_id,
+            role=self.role,
+            tasks=self.tasks,
+            runs=dispatcher,
+            results=recorder,
+            firing=firing,
+            peers=self,
+        )
         self._parts = Parts(
-            db=db,
+            store=store,
             http=client,
             membership=membership,
             recorder=recorder,
             runner=runner,
             dispatcher=dispatcher,
-            service=JobService(db, self.tasks, settings, local=self),
+            service=JobService(store, self.tasks, settings, local=self),
             watchdog=Watchdog(settings.loop_lag_threshold, self._culprit),
             firing=firing,
         )
@@ -324,20 +327,25 @@ class Runtime:
         with self._run_context(), http.bind(self.http):
             yield
 
-    def _process_info(self) -> dict[str, Any]:
-        parts, fired = self._parts, self._fired
-        return {
-            "state": fired.state_name if fired is not None else "none",
-            "runs_in_progress": parts.dispatcher.running if parts is not None else 0,
-            "results_pending": parts.recorder.pending if parts is not None else 0,
-            "jobs": len(fired.cache.entries()) if fired is not None else 0,
-            "broken_jobs": len(fired.cache.broken) if fired is not None else 0,
-            **({declarations.INFO_KEY: self._declared[1]} if self.role == SERVER else {}),
-        }
+    # -- asyncapp.engine.cluster.Peers: the jobs declared in code ----------------------
+
+    def heartbeat_info(self) -> dict[str, Any]:
+        """The fingerprint of the jobs this process's code declares, in its heartbeat row."""
+        return {declarations.INFO_KEY: self._declared[1]} if self.role == SERVER else {}
+
+    def live_changed(self, live: list[Process]) -> None:
+        """Write the declared jobs once every live process declares the same."""
+        if (
+            self._declare_pending
+            and self._declaring is None
+            and not declarations.disagreeing(live, self._declared[1])
+        ):
+            log.info("every live process declares the same jobs now: writing them")
+            self._declaring = asyncio.create_task(self._declare_later(), name="asyncapp-declare")
 
     def update_gauges(self) -> None:
         """Refresh the gauges that are read, not counted (before a scrape)."""
-        metrics.DATABASE_UP.set(0 if self.db.down_since is not None else 1)
+        metrics.DATABASE_UP.set(0 if self.store.down_since is not None else 1)
         metrics.LIVE_PROCESSES.set(len(self.membership.live))
 
     def health(self) -> dict[str, Any]:
@@ -349,11 +357,11 @@ class Runtime:
         membership = self.membership
         # This process's heartbeat row holds what it said at its last beat (at join,
         # before the scheduler existed, right after start): its own entry is live.
-        now = self._process_info()
+        now = membership.info()
         return {
             "state": state,
             "running": state == SCHEDULER_RUNNING,
-            "database": "unavailable" if self.db.down_since is not None else "ok",
+            "database": "unavailable" if self.store.down_since is not None else "ok",
             "process": self.info(),
             "processes": [
                 p.to_dict(membership.clock) | (now if p.id == membership.id else {})
@@ -366,8 +374,7 @@ class Runtime:
         if not self.started:
             return ["asyncapp is not started"]
         found = []
-        db = self.db
-        if db.down_since is not None:
+        if self.store.down_since is not None:
             found.append("the database is unavailable")
         if self.role == SERVER:
             if self.scheduler.held:
@@ -384,7 +391,7 @@ class Runtime:
 
     async def ping(self) -> None:
         """One round trip to the database. :raises DatabaseUnavailable:"""
-        await self.db.read(lambda conn: conn.execute(text("SELECT 1")))
+        await self.store.ping()
 
     async def prune(self, job_ids: Iterable[str] | None = None) -> int:
         """Delete run history beyond ``ASYNCAPP_HISTORY_DAYS`` / ``_PER_JOB``, in batches
@@ -402,29 +409,24 @@ class Runtime:
             else None
         )
         forget_before = time.time() - requests.KEEP_SECONDS
-        await self.db.write(lambda conn: requests.prune(conn, forget_before))
+        store = self.store
+        await store.prune_answers(forget_before)
         if older_than is not None:
-            store = JobStore(self.db)
             while (
-                await self.db.write(
-                    lambda conn: store.prune_changes(conn, older_than=older_than, batch=PRUNE_BATCH)
-                )
-                == PRUNE_BATCH
+                await store.prune_changes(older_than=older_than, batch=PRUNE_BATCH) == PRUNE_BATCH
             ):
                 pass
         jobs = None if job_ids is None else sorted(job_ids)
         slices = [None] if jobs is None else [jobs[i : i + 100] for i in range(0, len(jobs), 100)]
         total = 0
         for some in slices or [[]]:
-            step = functools.partial(
-                prune,
-                older_than=older_than,
-                keep_per_job=settings.history_per_job,
-                batch=PRUNE_BATCH,
-                job_ids=some,
-            )
             while True:
-                deleted = await self.db.write(step)
+                deleted = await store.prune_runs(
+                    older_than=older_than,
+                    keep_per_job=settings.history_per_job,
+                    batch=PRUNE_BATCH,
+                    job_ids=some,
+                )
                 total += deleted
                 if deleted < PRUNE_BATCH:
                     break
@@ -465,40 +467,15 @@ class Runtime:
             "node": self.settings.node_name,
             "id": self.membership.id,
             "role": self.role,
-            **self._process_info(),
+            **self.membership.info(),
         }
-
-    # -- cluster ------------------------------------------------------------------
-
-    def _on_live(self, live: list[Process]) -> None:
-        if self._parts is None:
-            return
-        self._parts.dispatcher.rank = self._parts.membership.ranking()
-        if (
-            self._declare_pending
-            and self._declaring is None
-            and not declarations.disagreeing(live, self._declared[1])
-        ):
-            log.info("every live process declares the same jobs now: writing them")
-            self._declaring = asyncio.create_task(self._declare_later(), name="asyncapp-declare")
 
     async def _stop_declaring(self) -> None:
         self._declare_pending = False
         if self._declaring is not None:
             await _cancel(self._declaring)
 
-    def _rerun(self, reruns: list[tuple[Run, JobDef]]) -> None:
-        if self._parts is None:
-            return
-        dispatcher = self._parts.dispatcher
-        for run, job in reruns:
-            log.warning(
-                "job %s run %s: taking it over from a dead process (attempt %d)",
-                job.id,
-                run.id,
-                run.attempt,
-            )
-            dispatcher.start_runs([run], job, self.tasks.resolve(job.func).func)
+    # -- the watchdog -------------------------------------------------------------
 
     def _culprit(self, task: asyncio.Task[Any] | None) -> tuple[str, str]:
         """What ``task`` is, for the watchdog: ("job", ...), ("request", ...) or ("other", ...)."""
@@ -511,22 +488,6 @@ class Runtime:
         if task is None:
             return "other", "a callback outside any task (the scheduler, a database reply...)"
         return "other", f"task {task.get_name()}"
-
-    def _local_runs(self) -> list[str]:
-        # Runs ended here whose end is still queued count as here: their end is
-        # written after (the write thread runs transactions in order of submission).
-        if self._parts is None:
-            return []
-        return self._parts.dispatcher.run_ids() + self._parts.recorder.queued()
-
-    def _fenced(self, process_id: str) -> None:
-        if self._parts is not None:
-            self._parts.dispatcher.fence(process_id)
-            self._parts.recorder.process_id = process_id
-
-    def _abandon(self, run_ids: list[str]) -> None:
-        if self._parts is not None:
-            self._parts.dispatcher.abandon(run_ids)
 
     # -- jobs declared in code ------------------------------------------------------
 
@@ -603,8 +564,7 @@ class Runtime:
         """Write the declared jobs; remove the declared ones the code no longer declares."""
         declared = [service.new_job(spec) for spec in self._declared[0]]
         ids = {job.id for job in declared}
-        store = JobStore(self.db)
-        stored = await self.db.read(store.all)
+        stored = await self.store.jobs()
         owned = {job.id for job in stored if job.declared is not None and job.id not in ids}
         changed, removed = await service.apply_declarations(declared, owned, Actor("code"))
         for job_id in changed:
@@ -659,13 +619,13 @@ async def offline_service(
 
     ``writes=False`` opens the database without upgrading its schema.
     """
-    db = Database(settings.database_url, **bounded_waits(settings.process_timeout))
+    store = SqlStore.at(settings.database_url, **bounded_waits(settings.process_timeout))
     try:
-        await db.open(migrate=writes)
+        await store.open(migrate=writes)
         _import_job_modules(settings.job_modules)
-        yield JobService(db, tasks, settings)
+        yield JobService(store, tasks, settings)
     finally:
-        await db.close()
+        await store.close()
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

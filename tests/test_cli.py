@@ -76,8 +76,8 @@ def test_add_list_show(cli: Callable[..., Result]) -> None:
     table = ok(cli("list"))
     header, *rows = table.splitlines()
     assert header.split()[:3] == ["ID", "NAME", "FUNC"]
-    assert any(r.startswith("poll") and "every 10m" in r and "scheduled" in r for r in rows)
-    assert any(r.startswith("nightly") and "day_of_week=mon-fri" in r for r in rows)
+    assert any(r.startswith("poll") and "every 10 minutes" in r and "scheduled" in r for r in rows)
+    assert any(r.startswith("nightly") and "Monday through Friday" in r for r in rows)
     listed = as_json(cli("list", "--json"))
     assert {j["id"] for j in listed} == {"poll", "nightly"}
     shown = as_json(cli("show", "nightly", "--json"))

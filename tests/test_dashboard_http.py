@@ -523,9 +523,9 @@ async def test_10000_jobs_are_paged_in_the_database(
 
         def insert(conn: Any) -> None:
             for job in made:
-                service.store.insert(conn, job, time.time())
+                service.store.rows.insert(conn, job, time.time())
 
-        await service.db.write(insert)
+        await service.store.db.write(insert)
         await log_in(client)
         loaded = []
         real_load = asyncapp.store.jobs.load
@@ -574,7 +574,7 @@ async def test_10000_jobs_sort_and_page_in_the_database_each_page_under_300_ms(
                 job = job.changed(next_run_time=None) if n in paused else job
                 if n in broken:
                     job = job.changed(func="old:gone")
-                service.store.insert(conn, job, time.time())
+                service.store.rows.insert(conn, job, time.time())
             conn.execute(
                 sa_insert(runs_table),
                 [
@@ -590,7 +590,7 @@ async def test_10000_jobs_sort_and_page_in_the_database_each_page_under_300_ms(
                 ],
             )
 
-        await service.db.write(insert)
+        await service.store.db.write(insert)
         await log_in(client)
         await client.get("/dashboard/")  # the first page compiles the templates
 

@@ -328,7 +328,9 @@ async def test_planning_fires_the_times_the_preview_shows_across_a_transition(
         # The scheduler's side: the row as the database holds it, in a JobCache
         # (which reads next_run_time back from a float), planned at chosen
         # instants instead of waiting for them.
-        job = await service.db.read(lambda conn, job_id=job_id: service.store.get(conn, job_id))
+        job = await service.store.db.read(
+            lambda conn, job_id=job_id: service.store.rows.get(conn, job_id)
+        )
         assert job is not None
         cache = JobCache(registry, UTC)
         cache.put(job.changed(next_run_time=from_epoch(start.timestamp())))

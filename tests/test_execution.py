@@ -346,7 +346,7 @@ async def test_pruning_keeps_the_newest_runs_and_those_in_progress(
             Run(job_id="b", scheduled_for=now - timedelta(days=8), node="n", status="success")
         )
         rows.append(Run(job_id="b", scheduled_for=now, node="n", status="success"))
-        await runtime.db.write(
+        await runtime.store.db.write(
             lambda conn: conn.execute(runs_table.insert(), [r.row() for r in rows])
         )
         assert await runtime.prune() == 4

@@ -45,7 +45,7 @@ async def test_pruning_forgets_old_changes_and_old_idempotency_answers(
                 .values(created_at=time.time() - 2 * 86400)
             )  # fmt: skip
 
-        await runtime.db.write(age)
+        await runtime.store.db.write(age)
         await runtime.prune()
 
         def left(conn: Connection) -> tuple[list[str], int]:
@@ -53,7 +53,7 @@ async def test_pruning_forgets_old_changes_and_old_idempotency_answers(
             answers = conn.execute(select(func.count()).select_from(requests_table))
             return list(jobs.scalars()), int(answers.scalar_one())
 
-        changes, answers = await runtime.db.read(left)
+        changes, answers = await runtime.store.db.read(left)
     assert changes == ["j3", "j4"]
     assert answers == 3
 
@@ -89,7 +89,7 @@ async def test_later_prunes_visit_only_the_jobs_that_ran_since(
             for job_id in ("idle", "ran")
             for i in range(1, 5)
         ]
-        await runtime.db.write(
+        await runtime.store.db.write(
             lambda conn: conn.execute(runs_table.insert(), [r.row() for r in old])
         )
         body = {"id": "ran", "func": "tests.jobs:record", "args": ["ran"], "trigger": "date"}
@@ -108,6 +108,6 @@ async def test_later_prunes_visit_only_the_jobs_that_ran_since(
             )
             return {job_id: int(n) for job_id, n in rows}
 
-        assert await runtime.db.read(count) == {"idle": 4, "ran": 2}
+        assert await runtime.store.db.read(count) == {"idle": 4, "ran": 2}
         assert await runtime.prune() == 2
-        assert await runtime.db.read(count) == {"idle": 2, "ran": 2}
+        assert await runtime.store.db.read(count) == {"idle": 2, "ran": 2}

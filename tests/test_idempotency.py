@@ -8,7 +8,6 @@ claim transaction's answer fail after it committed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,18 +102,18 @@ async def test_a_run_now_whose_answer_was_lost_runs_once_when_retried(
     job = {"id": "m", "func": "tests.jobs:mark", "args": [str(marks)], "trigger": "interval",
            "hours": 1}  # fmt: skip
     assert (await client.post("/scheduler/jobs", json=job)).status_code == 200
-    db = runtime.db
-    write = db.write
+    store = runtime.store
+    claim = store.claim
     lost: list[str] = []
 
-    async def answer_lost_after_commit(fn: Callable[[Any], Any]) -> Any:
-        result = await write(fn)
-        if not lost and fn.__qualname__.endswith("_claim.<locals>.transaction"):
+    async def answer_lost_after_commit(*args: Any, **kwargs: Any) -> Any:
+        result = await claim(*args, **kwargs)
+        if not lost:
             lost.append("claim")
             raise DatabaseUnavailable("the connection broke before the commit was acknowledged")
         return result
 
-    monkeypatch.setattr(db, "write", answer_lost_after_commit)
+    monkeypatch.setattr(store, "claim", answer_lost_after_commit)
     key = {"Idempotency-Key": "lost-answer"}
     first = await client.post("/scheduler/jobs/m/run", headers=key)
     assert lost == ["claim"]

@@ -49,7 +49,7 @@ async def test_filters_search_and_last_run(make_app: Callable[..., Flask]) -> No
         await service.pause_job("gamma", API, "later")
         # A job whose function is gone from the code: broken.
         await service.add_job(spec("gone"), API)
-        await service.db.write(
+        await service.store.db.write(
             lambda conn: conn.execute(
                 update(jobs_table).where(jobs_table.c.id == "gone").values(func="old:gone")
             )

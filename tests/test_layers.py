@@ -1,4 +1,5 @@
-"""The package's layers hold: every import points down, and nothing forms a cycle.
+"""The package's layers hold: every import points down, nothing forms a cycle, and
+no module above the store imports SQLAlchemy or psycopg.
 
 The contract is ``[tool.importlinter]`` in ``pyproject.toml``; this runs it.
 """
@@ -19,3 +20,5 @@ def test_every_import_points_down() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
+    # Nothing above asyncapp.store imports SQLAlchemy (its own contract).
+    assert "One store boundary: SQL only under asyncapp.store KEPT" in done.stdout

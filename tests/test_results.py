@@ -11,6 +11,8 @@ import pytest
 from asyncapp.engine.recorder import Recorder
 from asyncapp.model.run import Run
 from asyncapp.store.database import Database
+from asyncapp.store.interface import Recorded
+from asyncapp.store.sql import SqlStore
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.timeout(10)
 async def recorder(db_url: str) -> AsyncIterator[Recorder]:
     db = Database(db_url)
     await db.open()
-    recorder = Recorder(db, "process")
+    recorder = Recorder(SqlStore(db), "process")
     recorder.start()
     try:
         yield recorder
@@ -43,7 +45,7 @@ async def test_flush_waits_for_results_riding_in_a_claims_transaction(
     await asyncio.sleep(0.05)
     assert not flushing.done(), "flush returned before the claim holding the result committed"
 
-    recorder.taken(batch)  # the claim committed
+    recorder.taken(batch, Recorded())  # the claim committed
     assert await flushing
 
 

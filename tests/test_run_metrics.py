@@ -82,7 +82,7 @@ async def test_runs_of_a_dead_process_reaped_here_are_counted(
         await add(client, id="orphan", func=HOLD, args=["orphan"], **FAR)
         now = datetime.now(UTC)
         row = {"job_id": "orphan", "scheduled_for": now, "started_at": now, "status": "running"}
-        await runtime.db.write(
+        await runtime.store.db.write(
             lambda conn: conn.execute(
                 insert(runs_table).values(
                     id="r" * 32, node="gone", process_id="dead", attempt=1, **row

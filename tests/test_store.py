@@ -327,7 +327,7 @@ async def test_only_changed_jobs_are_reloaded(url: str, make_app: Callable[..., 
 
         # Never removed: removing races the database threads iterating the
         # listeners; it goes with the engine.
-        event.listen(runtime.db.engine, "before_cursor_execute", capture)
+        event.listen(runtime.store.db.engine, "before_cursor_execute", capture)
         other_app = make_app(database_url=url)
         async with other_app.extensions["asyncapp"].offline_service() as other:
             await other.pause_job("job7", Actor("cli"))

@@ -1,4 +1,4 @@
-"""Dispatcher on its own, over a real SQLite database and a fake runner: batched
+"""Dispatcher on its own, over the SQL store on a real SQLite file and a fake runner: batched
 claims, runs started only where won, "run now", spreading by rank, the cap on runs
 at once, drain, and what its owner is told when a claim cannot be made."""
 
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import select
 
 from asyncapp.constants import (
     BUFFER_ONE,
@@ -28,13 +27,14 @@ from asyncapp.constants import (
 from asyncapp.engine.dispatch import SPREAD_DELAY, Dispatcher, Hooks, Submission, merged
 from asyncapp.engine.recorder import Recorder
 from asyncapp.errors import DatabaseUnavailable, JobBusy, JobNotFound, NotRunning
+from asyncapp.model.change import Actor
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run
 from asyncapp.settings import Settings
-from asyncapp.store.claims import Due, Reasons
 from asyncapp.store.database import Database
-from asyncapp.store.jobs import JobStore
-from asyncapp.store.tables import processes_table, runs_table
+from asyncapp.store.interface import Due, Reasons
+from asyncapp.store.sql import SqlStore
+from asyncapp.store.tables import processes_table
 from tests.unit_parts import insert, job, on_grid, tick
 
 T = TypeVar("T")
@@ -75,6 +75,12 @@ class FakeRunner:
         self.cancelled: list[tuple[str, bool]] = []
         self.release: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._changed = asyncio.Event()
+
+    def abandon(self, run_id: str) -> None:
+        self.abandoned.add(run_id)
+
+    def forget(self, run_id: str) -> None:
+        self.abandoned.discard(run_id)
 
     async def run(self, run: Run, job: JobDef, func: Callable[..., Any]) -> Run:
         self.started.append(run)
@@ -123,12 +129,28 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "jobs.db"
 
 
+class WatchedStore(SqlStore):
+    """The SQL store on a :class:`WatchedDatabase`."""
+
+    db: WatchedDatabase
+
+    def __init__(self, url: str) -> None:
+        super().__init__(WatchedDatabase(url))
+
+    @property
+    def writes(self) -> int:
+        return self.db.writes
+
+    async def written(self, count: int) -> None:
+        await self.db.written(count)
+
+
 @pytest.fixture
-async def db(db_path: Path) -> AsyncIterator[WatchedDatabase]:
-    database = WatchedDatabase(f"sqlite:///{db_path}")
-    await database.open()
-    yield database
-    await database.close()
+async def store(db_path: Path) -> AsyncIterator[WatchedStore]:
+    opened = WatchedStore(f"sqlite:///{db_path}")
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture
@@ -143,14 +165,15 @@ async def dispatchers() -> AsyncIterator[list[Dispatcher]]:
 
 def dispatcher(
     made: list[Dispatcher],
-    db: Database,
+    store: SqlStore,
     now: datetime,
     process: str = "p1",
     hooks: Hooks | None = None,
     **settings: Any,
 ) -> tuple[Dispatcher, FakeRunner]:
-    runner = FakeRunner(Recorder(db, process), Settings(**settings))
+    runner = FakeRunner(Recorder(store, process), Settings(**settings))
     # Claims are fenced: only a process with its row in asyncapp_processes may claim.
+    db = store.db
     if db.engine is not None:
         db.write_now(
             lambda conn: conn.execute(
@@ -161,11 +184,12 @@ def dispatcher(
             )
         )  # fmt: skip
     one = Dispatcher(
-        db,
+        store,
         runner,  # type: ignore[arg-type]
         node=f"node-{process}",
         process_id=process,
         reasons=Reasons(started_at=now - timedelta(hours=1)),
+        max_running=runner.settings.max_running,
         hooks=hooks,
     )
     made.append(one)
@@ -179,26 +203,24 @@ def submission(one: JobDef, *times: datetime, **options: Any) -> Submission:
     return Submission(due, one, tick)
 
 
-async def ledger(db: Database) -> list[Any]:
-    return await db.read(
-        lambda conn: list(
-            conn.execute(
-                select(runs_table).order_by(runs_table.c.job_id, runs_table.c.scheduled_for)
-            )
-        )
+async def ledger(store: SqlStore) -> list[Run]:
+    """Every run and missed record, by job and scheduled time."""
+    page = await store.run_page(
+        job_id=None, status=None, limit=1000, offset=0, since=None, until=None, job_contains=None
     )
+    return sorted(page.runs, key=lambda run: (run.job_id, run.scheduled_for))
 
 
 async def test_a_batch_is_claimed_in_one_transaction_and_only_won_runs_start(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     told = Told()
-    one, runner = dispatcher(dispatchers, db, now, hooks=told)
+    one, runner = dispatcher(dispatchers, store, now, hooks=told)
     a, b = job("a", next_run_time=now), job("b", next_run_time=now)
     changed = job("c", next_run_time=now, version=2)
     too_late = job("d", next_run_time=now - timedelta(seconds=120))
-    await insert(db, a, b, changed, too_late)
-    writes = db.writes
+    await insert(store, a, b, changed, too_late)
+    writes = store.writes
 
     one.submit(submission(a, now))
     one.submit(submission(b, now))
@@ -207,12 +229,12 @@ async def test_a_batch_is_claimed_in_one_transaction_and_only_won_runs_start(
     one.start()
     started = await runner.wait_started(2)
 
-    assert db.writes == writes + 1
+    assert store.writes == writes + 1
     assert sorted(run.job_id for run in started) == ["a", "b"]
     assert all((r.process_id, r.node, r.scheduled_for) == ("p1", "node-p1", now) for r in started)
     assert told.calls == [("stale", {"c"})]
     assert one.running == 2 and sorted(one.run_ids()) == sorted(r.id for r in started)
-    rows = await ledger(db)
+    rows = await ledger(store)
     assert [(r.job_id, r.status, r.process_id, r.reason) for r in rows] == [
         ("a", RUNNING, "p1", None),
         ("b", RUNNING, "p1", None),
@@ -221,16 +243,16 @@ async def test_a_batch_is_claimed_in_one_transaction_and_only_won_runs_start(
 
 
 async def test_a_second_dispatcher_claiming_the_same_times_wins_nothing(
-    db: WatchedDatabase, db_path: Path, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, db_path: Path, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a", next_run_time=now)
-    await insert(db, a)
-    first, first_runner = dispatcher(dispatchers, db, now, "p1")
+    await insert(store, a)
+    first, first_runner = dispatcher(dispatchers, store, now, "p1")
     first.start()
     first.submit(submission(a, now))
     (won,) = await first_runner.wait_started(1)
 
-    other = WatchedDatabase(f"sqlite:///{db_path}")
+    other = WatchedStore(f"sqlite:///{db_path}")
     await other.open()
     try:
         told = Told()
@@ -243,24 +265,24 @@ async def test_a_second_dispatcher_claiming_the_same_times_wins_nothing(
         await other.close()
 
     assert second_runner.started == [] and second.running == 0 and told.calls == []
-    assert [(r.id, r.process_id) for r in await ledger(db)] == [(won.id, "p1")]
+    assert [(r.id, r.process_id) for r in await ledger(store)] == [(won.id, "p1")]
 
 
 async def test_two_dispatchers_racing_for_a_time_start_it_once(
-    db: WatchedDatabase, db_path: Path, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, db_path: Path, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a", next_run_time=now)
-    await insert(db, a)
-    other = WatchedDatabase(f"sqlite:///{db_path}")
+    await insert(store, a)
+    other = WatchedStore(f"sqlite:///{db_path}")
     await other.open()
     try:
-        first, first_runner = dispatcher(dispatchers, db, now, "p1")
+        first, first_runner = dispatcher(dispatchers, store, now, "p1")
         second, second_runner = dispatcher(dispatchers, other, now, "p2")
-        before = db.writes
+        before = store.writes
         for one in (first, second):
             one.submit(submission(a, now))
             one.start()
-        await asyncio.gather(db.written(before + 1), other.written(1))
+        await asyncio.gather(store.written(before + 1), other.written(1))
         started = await (first_runner if first.running else second_runner).wait_started(1)
         await second.stop()
         await second.drain(0)
@@ -268,17 +290,17 @@ async def test_two_dispatchers_racing_for_a_time_start_it_once(
         await other.close()
 
     assert len(first_runner.started) + len(second_runner.started) == 1
-    assert [(r.id, r.process_id) for r in await ledger(db)] == [
+    assert [(r.id, r.process_id) for r in await ledger(store)] == [
         (started[0].id, started[0].process_id)
     ]
 
 
 async def test_run_now_returns_the_started_run(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a", next_run_time=None)  # paused: a run asked for still starts
-    await insert(db, a)
-    one, runner = dispatcher(dispatchers, db, now)
+    await insert(store, a)
+    one, runner = dispatcher(dispatchers, store, now)
     one.start()
 
     run = await one.run_now(a, tick)
@@ -287,58 +309,58 @@ async def test_run_now_returns_the_started_run(
     assert run.started_at is not None
     (started,) = await runner.wait_started(1)
     assert started.id == run.id
-    assert [(r.id, r.status) for r in await ledger(db)] == [(run.id, RUNNING)]
+    assert [(r.id, r.status) for r in await ledger(store)] == [(run.id, RUNNING)]
 
 
 async def test_run_now_is_refused_at_the_limit_and_for_a_removed_job(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a")
-    await insert(db, a)
-    one, runner = dispatcher(dispatchers, db, now)
+    await insert(store, a)
+    one, runner = dispatcher(dispatchers, store, now)
     one.start()
     await one.run_now(a, tick)
 
     with pytest.raises(JobBusy):
         await one.run_now(a, tick)
 
-    await db.write(lambda conn: JobStore(db).delete(conn, "a"))
+    await store.remove_job("a", Actor("code"))
     with pytest.raises(JobNotFound):
         await one.run_now(a, tick)
     assert len(runner.started) == 1
 
 
 async def test_a_run_now_still_queued_when_the_dispatcher_stops_is_refused(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a")
-    await insert(db, a)
-    one, runner = dispatcher(dispatchers, db, now)  # never started: nothing claims
+    await insert(store, a)
+    one, runner = dispatcher(dispatchers, store, now)  # never started: nothing claims
 
     asked, stopped = await asyncio.gather(one.run_now(a, tick), one.stop(), return_exceptions=True)
 
     assert isinstance(asked, NotRunning) and stopped is None
-    assert runner.started == [] and await ledger(db) == []
+    assert runner.started == [] and await ledger(store) == []
 
 
 async def test_run_now_on_a_stopped_dispatcher_is_refused(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a")
-    await insert(db, a)
-    one, runner = dispatcher(dispatchers, db, now)
+    await insert(store, a)
+    one, runner = dispatcher(dispatchers, store, now)
     one.start()
     await one.stop()
 
     with pytest.raises(NotRunning):
         await asyncio.wait_for(one.run_now(a, tick), 0.5)
-    assert runner.started == [] and await ledger(db) == []
+    assert runner.started == [] and await ledger(store) == []
 
 
 async def test_ranks_share_out_the_job_ids(
     tmp_path: Path, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
-    unopened = Database(f"sqlite:///{tmp_path / 'unused.db'}")  # prefers() reads nothing
+    unopened = SqlStore.at(f"sqlite:///{tmp_path / 'unused.db'}")  # prefers() reads nothing
     ranks = [dispatcher(dispatchers, unopened, now, f"p{i}")[0] for i in range(3)]
     for index, one in enumerate(ranks):
         one.rank = (index, 3)
@@ -354,15 +376,15 @@ async def test_ranks_share_out_the_job_ids(
 
 
 async def test_a_job_another_rank_prefers_is_claimed_only_after_the_spread_delay(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
-    one, runner = dispatcher(dispatchers, db, now)
+    one, runner = dispatcher(dispatchers, store, now)
     one.rank = (0, 2)
     mine = next(job(f"job-{n}", next_run_time=now) for n in range(50) if one.prefers(f"job-{n}"))
     theirs = next(
         job(f"job-{n}", next_run_time=now) for n in range(50) if not one.prefers(f"job-{n}")
     )
-    await insert(db, mine, theirs)
+    await insert(store, mine, theirs)
     one.start()
 
     submitted = datetime.now(UTC)
@@ -378,16 +400,16 @@ async def test_a_job_another_rank_prefers_is_claimed_only_after_the_spread_delay
 
 
 async def test_at_most_max_running_runs_at_once_the_rest_wait_their_turn(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a, b = job("a", next_run_time=now), job("b", next_run_time=now)
-    await insert(db, a, b)
-    one, runner = dispatcher(dispatchers, db, now, max_running=1)
+    await insert(store, a, b)
+    one, runner = dispatcher(dispatchers, store, now, max_running=1)
     one.submit(submission(a, now))
     one.submit(submission(b, now))
     one.start()
     (first,) = await runner.wait_started(1)
-    await db.read(lambda conn: None)  # a round trip: every run task has had its turn
+    await store.ping()  # a round trip: every run task has had its turn
 
     assert len(runner.started) == 1 and one.running == 2
 
@@ -397,11 +419,11 @@ async def test_at_most_max_running_runs_at_once_the_rest_wait_their_turn(
 
 
 async def test_drain_records_a_run_still_waiting_for_a_slot_as_interrupted(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a, b = job("a", next_run_time=now), job("b", next_run_time=now)
-    await insert(db, a, b)
-    one, runner = dispatcher(dispatchers, db, now, max_running=1)
+    await insert(store, a, b)
+    one, runner = dispatcher(dispatchers, store, now, max_running=1)
     one.submit(submission(a, now))
     one.submit(submission(b, now))
     one.start()
@@ -411,18 +433,18 @@ async def test_drain_records_a_run_still_waiting_for_a_slot_as_interrupted(
     runner.recorder.start()
     assert await runner.recorder.stop(5) == 0
 
-    assert [(r.job_id, r.status) for r in await ledger(db)] == [
+    assert [(r.job_id, r.status) for r in await ledger(store)] == [
         ("a", INTERRUPTED),
         ("b", INTERRUPTED),
     ]
 
 
 async def test_drain_waits_for_runs_within_the_grace_and_cancels_the_rest(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a, b = job("a", next_run_time=now), job("b", next_run_time=now)
-    await insert(db, a, b)
-    one, runner = dispatcher(dispatchers, db, now)
+    await insert(store, a, b)
+    one, runner = dispatcher(dispatchers, store, now)
     one.submit(submission(a, now))
     one.submit(submission(b, now))
     one.start()
@@ -439,11 +461,11 @@ async def test_drain_waits_for_runs_within_the_grace_and_cancels_the_rest(
 
 
 async def test_drain_returns_nothing_cancelled_when_runs_end_in_time(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a", next_run_time=now)
-    await insert(db, a)
-    one, runner = dispatcher(dispatchers, db, now)
+    await insert(store, a)
+    one, runner = dispatcher(dispatchers, store, now)
     one.submit(submission(a, now))
     one.start()
     await runner.wait_started(1)
@@ -456,12 +478,12 @@ async def test_drain_returns_nothing_cancelled_when_runs_end_in_time(
 
 
 async def test_times_claimed_together_run_in_order_and_those_never_started_end_interrupted(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     earlier = now - timedelta(seconds=10)
     a = job("a", next_run_time=earlier, coalesce=False)
-    await insert(db, a)
-    one, runner = dispatcher(dispatchers, db, now)
+    await insert(store, a)
+    one, runner = dispatcher(dispatchers, store, now)
     one.submit(submission(a, earlier, now, coalesce=False))
     one.start()
     (first,) = await runner.wait_started(1)
@@ -472,7 +494,7 @@ async def test_times_claimed_together_run_in_order_and_those_never_started_end_i
     recorder.start()
     assert await recorder.stop(5) == 0
 
-    rows = await ledger(db)
+    rows = await ledger(store)
     assert [(r.scheduled_for.replace(tzinfo=UTC), r.status) for r in rows] == [
         (earlier, INTERRUPTED),
         (now, INTERRUPTED),
@@ -481,11 +503,11 @@ async def test_times_claimed_together_run_in_order_and_those_never_started_end_i
 
 
 async def test_abandon_cancels_a_run_marking_it_for_the_runner(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a")
-    await insert(db, a)
-    one, runner = dispatcher(dispatchers, db, now)
+    await insert(store, a)
+    one, runner = dispatcher(dispatchers, store, now)
     one.start()
     run = await one.run_now(a, tick)
     await runner.wait_started(1)
@@ -498,18 +520,18 @@ async def test_abandon_cancels_a_run_marking_it_for_the_runner(
 
 
 async def test_a_waiting_buffer_one_run_starts_here_when_the_run_before_it_ends(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a", next_run_time=now, overlap=BUFFER_ONE)
-    await insert(db, a)
-    one, runner = dispatcher(dispatchers, db, now)
+    await insert(store, a)
+    one, runner = dispatcher(dispatchers, store, now)
     runner.recorder.start()
     one.start()
     first = await one.run_now(a, tick)
-    writes = db.writes
+    writes = store.writes
     one.submit(submission(a, now))
-    await db.written(writes + 1)
-    (waiting,) = [r for r in await ledger(db) if r.status == WAITING]
+    await store.written(writes + 1)
+    (waiting,) = [r for r in await ledger(store) if r.status == WAITING]
 
     runner.release["a"].set()
 
@@ -517,26 +539,26 @@ async def test_a_waiting_buffer_one_run_starts_here_when_the_run_before_it_ends(
     assert promoted.id == waiting.id and promoted.process_id == "p1"
     assert await one.drain(30) == 0
     assert await runner.recorder.stop(5) == 0
-    assert {(r.id, r.status) for r in await ledger(db)} == {
+    assert {(r.id, r.status) for r in await ledger(store)} == {
         (first.id, SUCCESS),
         (waiting.id, SUCCESS),
     }
 
 
 async def test_a_paused_scheduler_halts_scheduled_claims_but_not_run_now(
-    db: WatchedDatabase, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a = job("a", next_run_time=now)
-    await insert(db, a)
-    await db.write(lambda conn: JobStore(db).set_scheduler_state(conn, SCHEDULER_PAUSED_STATE, 0.0))
+    await insert(store, a)
+    await store.set_scheduler_state(SCHEDULER_PAUSED_STATE, Actor("code"))
     told = Told()
-    one, runner = dispatcher(dispatchers, db, now, hooks=told)
+    one, runner = dispatcher(dispatchers, store, now, hooks=told)
     one.start()
     scheduled = submission(a, now)
-    writes = db.writes
+    writes = store.writes
 
     one.submit(scheduled)
-    await db.written(writes + 1)
+    await store.written(writes + 1)
 
     assert told.calls == [("halted", [scheduled])] and runner.started == []
     run = await one.run_now(a, tick)
@@ -544,17 +566,17 @@ async def test_a_paused_scheduler_halts_scheduled_claims_but_not_run_now(
 
 
 async def test_a_claim_the_database_refuses_goes_to_database_down(
-    db: WatchedDatabase, db_path: Path, now: datetime, dispatchers: list[Dispatcher]
+    store: WatchedStore, db_path: Path, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     a, b = job("a", next_run_time=now), job("b", next_run_time=now)
-    await insert(db, a, b)
+    await insert(store, a, b)
     told = Told()
-    one, runner = dispatcher(dispatchers, db, now, hooks=told)
+    one, runner = dispatcher(dispatchers, store, now, hooks=told)
     ended = Run(job_id="b", scheduled_for=now, node="node-p1", process_id="p1")
     runner.recorder.finish(ended.finish(SUCCESS))  # a result waiting to ride on a claim
     # The database goes away for real: its connections closed, its directory gone.
-    assert db.engine is not None
-    db.engine.dispose()
+    assert store.db.engine is not None
+    store.db.engine.dispose()
     db_path.parent.rename(db_path.parent.with_name("gone"))
     one.start()
 
@@ -566,11 +588,11 @@ async def test_a_claim_the_database_refuses_goes_to_database_down(
     assert told.calls == [("database_down", [scheduled])]
     assert runner.started == [] and one.running == 0
     assert runner.recorder.pending == 1  # handed back to the recorder, not lost
-    assert db.down_since is not None
+    assert store.down_since is not None
 
 
 async def test_definitions_kept_for_runs_taken_over_are_bounded(
-    db: WatchedDatabase,
+    store: SqlStore,
     now: datetime,
     dispatchers: list[Dispatcher],
     monkeypatch: pytest.MonkeyPatch,
@@ -578,7 +600,7 @@ async def test_definitions_kept_for_runs_taken_over_are_bounded(
     from asyncapp.engine import dispatch
 
     monkeypatch.setattr(dispatch, "LATEST_KEPT", 3)
-    one, runner = dispatcher(dispatchers, db, now)
+    one, runner = dispatcher(dispatchers, store, now)
     made = [job(f"k{index}", next_run_time=now) for index in range(5)]
     for each in made:
         one.start_runs([Run(job_id=each.id, scheduled_for=now, node="n")], each, tick)

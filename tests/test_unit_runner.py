@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from asyncapp.constants import ERROR, INTERRUPTED, SUCCESS, TIMEOUT
 from asyncapp.engine.recorder import Recorder
@@ -23,8 +22,8 @@ from asyncapp.errors import NotRunning
 from asyncapp.model.run import Run
 from asyncapp.settings import Settings
 from asyncapp.store.claims import Due, Reasons, claim
-from asyncapp.store.tables import attempts_table, runs_table
-from tests.unit_parts import EVERY_10S, insert, job, on_grid, sqlite_db
+from asyncapp.store.sql import SqlStore
+from tests.unit_parts import EVERY_10S, insert, job, on_grid, sqlite_store
 
 
 class Oops(Exception):
@@ -355,25 +354,26 @@ async def test_the_run_context_is_entered_around_each_attempt(ledger: Ledger) ->
 
 
 @pytest.fixture
-async def claimed(tmp_path: Path) -> AsyncIterator[tuple[Any, Run]]:
-    """A database holding job ``j`` and a run of it claimed by process ``p1``."""
-    async with sqlite_db(tmp_path / "jobs.db") as db:
+async def claimed(tmp_path: Path) -> AsyncIterator[tuple[SqlStore, Run]]:
+    """A store holding job ``j`` and a run of it claimed by process ``p1``."""
+    async with sqlite_store(tmp_path / "jobs.db") as store:
         now = on_grid(datetime.now(UTC))
-        await insert(db, job(next_run_time=now))
+        await insert(store, job(next_run_time=now))
         due = Due("j", 1, [now], now + timedelta(seconds=10), misfire_grace_time=60)
         reasons = Reasons(started_at=now - timedelta(hours=1))
+        db = store.db
         (outcome,) = await db.write(
             lambda conn: claim(db, conn, [due], node="node-1", process_id="p1", reasons=reasons)
         )
         (run,) = outcome.won
-        yield db, run
+        yield store, run
 
 
 async def test_with_a_real_recorder_the_run_and_its_failed_attempt_are_written(
-    claimed: tuple[Any, Run],
+    claimed: tuple[SqlStore, Run],
 ) -> None:
-    db, run = claimed
-    recorder = Recorder(db, "p1")
+    store, run = claimed
+    recorder = Recorder(store, "p1")
     runner = Runner(recorder, settings())
     recorder.start()
     try:
@@ -382,12 +382,11 @@ async def test_with_a_real_recorder_the_run_and_its_failed_attempt_are_written(
     finally:
         runner.close()
 
-    def read(conn: Any) -> tuple[Any, list[Any]]:
-        row = conn.execute(select(runs_table).where(runs_table.c.id == run.id)).one()
-        return row, list(conn.execute(select(attempts_table)))
-
-    row, attempts = await db.read(read)
-    assert (row.status, row.attempt, ended.status) == (SUCCESS, 2, SUCCESS)
-    assert [(a.run_id, a.attempt, a.status, a.error_message) for a in attempts] == [
-        (run.id, 1, ERROR, "first")
+    page = await store.run_page(
+        job_id="j", status=None, limit=10, offset=0, since=None, until=None, job_contains=None
+    )
+    (row,) = page.runs
+    assert (row.id, row.status, row.attempt, ended.status) == (run.id, SUCCESS, 2, SUCCESS)
+    assert [(a["attempt"], a["status"], a["error_message"]) for a in page.attempts[run.id]] == [
+        (1, ERROR, "first")
     ]

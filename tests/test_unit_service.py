@@ -1,4 +1,4 @@
-"""JobService on its own, over a real SQLite database and a registry of its own:
+"""JobService on its own, over the SQL store on a real SQLite file and a registry of its own:
 each change committed and recorded with who asked, validation before any write,
 "run now" only where jobs run, upcoming times, and reads that never write."""
 
@@ -20,7 +20,7 @@ from asyncapp.model.run import Run
 from asyncapp.service.jobs import JobService
 from asyncapp.settings import Settings
 from asyncapp.store.database import Database
-from asyncapp.store.jobs import JobStore
+from asyncapp.store.sql import SqlStore
 from asyncapp.store.tables import metadata
 from tests.unit_parts import EPOCH, GREET, TICK, registry
 
@@ -80,7 +80,7 @@ def local() -> Local:
 
 @pytest.fixture
 def service(db: Database, local: Local) -> JobService:
-    return JobService(db, registry(), Settings(), local=local)
+    return JobService(SqlStore(db), registry(), Settings(), local=local)
 
 
 def spec(job_id: str = "a", **fields: Any) -> dict[str, Any]:
@@ -91,10 +91,10 @@ def spec(job_id: str = "a", **fields: Any) -> dict[str, Any]:
 
 async def stored(db: Database, job_id: str) -> JobDef | None:
     """The job as committed, read on a connection of its own."""
-    other = Database(str(db.url))
+    other = SqlStore.at(str(db.url))
     await other.open(migrate=False)
     try:
-        return await other.read(lambda conn: JobStore(other).get(conn, job_id))
+        return await other.job(job_id)
     finally:
         await other.close()
 
@@ -254,7 +254,7 @@ async def test_a_scheduler_pause_is_stored_recorded_and_told_once(
     await service.pause_scheduler(API)  # idempotent: no second record
 
     assert (await service.processes())["state"] == SCHEDULER_PAUSED_STATE
-    changes, _ = await db.read(lambda conn: JobStore(db).history(conn, None, 10, 0))
+    changes, _ = await SqlStore(db).history(None, 10, 0)
     assert [(c.action, c.job_id, c.source, c.detail) for c in changes] == [
         ("scheduler", None, "api", {"state": ["running", "paused"]})
     ]
@@ -329,7 +329,7 @@ async def test_an_update_of_a_field_that_cannot_change_is_refused(service: JobSe
 
 
 async def test_run_job_needs_a_process_that_runs_jobs(db: Database) -> None:
-    service = JobService(db, registry(), Settings())
+    service = JobService(SqlStore(db), registry(), Settings())
     await service.add_job(spec(), API)
 
     with pytest.raises(NotRunning):

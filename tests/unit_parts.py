@@ -1,5 +1,6 @@
 """What the unit tests of the engine's parts share: job functions in a registry of
-their own, jobs built as the database would hold them, and a temp SQLite database."""
+their own, jobs built as the database would hold them, and the SQL store on a temp
+SQLite file."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from typing import Any
 
 from asyncapp.model.job import JobDef
 from asyncapp.model.tasks import Registry, reference
-from asyncapp.store.database import Database
-from asyncapp.store.jobs import JobStore
+from asyncapp.store.sql import SqlStore
 
 #: A time on the grid of :data:`EVERY_10S` (claim keys are exact trigger times).
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -61,21 +61,22 @@ def on_grid(now: datetime) -> datetime:
 
 
 @asynccontextmanager
-async def sqlite_db(path: Path) -> AsyncIterator[Database]:
-    """An opened (migrated) Database on the SQLite file ``path``; closed after."""
-    db = Database(f"sqlite:///{path}")
-    await db.open()
+async def sqlite_store(path: Path) -> AsyncIterator[SqlStore]:
+    """An opened (migrated) store on the SQLite file ``path``; closed after."""
+    store = SqlStore.at(f"sqlite:///{path}")
+    await store.open()
     try:
-        yield db
+        yield store
     finally:
-        await db.close()
+        await store.close()
 
 
-async def insert(db: Database, *jobs: JobDef) -> None:
-    """Store ``jobs`` as committed rows."""
+async def insert(store: SqlStore, *jobs: JobDef) -> None:
+    """Store ``jobs`` as committed rows, exactly as given (their versions kept: the
+    store's ``add_job`` would give each its change's id)."""
 
     def write(conn: Any) -> None:
         for one in jobs:
-            JobStore(db).insert(conn, one, 0.0)
+            store.rows.insert(conn, one, 0.0)
 
-    await db.write(write)
+    await store.db.write(write)

@@ -2,8 +2,9 @@
 
 Heartbeats.  Every process has a row in ``asyncapp_processes`` that it
 refreshes every ``ASYNCAPP_HEARTBEAT_INTERVAL`` seconds, by the database's
-clock, on a thread and connection of its own (:meth:`Database.beat`), so
-claims and results waiting on the write thread never hold it up.
+clock, on a thread and connection of its own
+(:meth:`~asyncapp.store.interface.Store.refresh`), so claims and results
+waiting on the write thread never hold it up.
 
 Reaping.  As often, in a transaction of the write thread, a process removes
 the rows of processes silent for ``ASYNCAPP_PROCESS_TIMEOUT`` seconds and ends
@@ -47,24 +48,18 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import Connection
+from typing import Any, Protocol
 
 from asyncapp import metrics
-from asyncapp.constants import RUNNING, UNKNOWN, VERSION
+from asyncapp.constants import UNKNOWN, VERSION
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.model.change import Change
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run, new_id
+from asyncapp.model.tasks import Registry
 from asyncapp.model.values import storable
 from asyncapp.settings import Settings
-from asyncapp.store.claims import interrupt_strays, reap
-from asyncapp.store.database import Database
-from asyncapp.store.jobs import CHANNEL, JobStore
-from asyncapp.store.processes import Process, read_live, registered
-from asyncapp.store.tables import processes_table, runs_table
+from asyncapp.store.interface import Heartbeat, Process, ProcessRow, Store
 
 log = logging.getLogger("asyncapp.cluster")
 
@@ -75,37 +70,93 @@ SERVER = "server"  # a process that fires jobs
 CLI = "cli"  # a ``flask jobs run`` process: runs one job, fires nothing
 
 
+class Runs(Protocol):
+    """The runs of this process, as membership needs them (the dispatcher)."""
+
+    #: (this process's index, count) among live firing processes.
+    rank: tuple[int, int]
+
+    @property
+    def running(self) -> int: ...
+
+    def run_ids(self) -> list[str]: ...
+
+    def start_runs(self, runs: list[Run], job: JobDef, func: Callable[..., Any]) -> None: ...
+
+    def abandon(self, run_ids: list[str]) -> None:
+        """Stop these runs: another process ended them."""
+
+    def fence(self, process_id: str) -> None:
+        """Abandon every run; claim as ``process_id`` from now on."""
+
+
+class Results(Protocol):
+    """The run ends of this process not written yet (the recorder)."""
+
+    process_id: str
+
+    @property
+    def pending(self) -> int: ...
+
+    def queued(self) -> list[str]:
+        """Ids of the runs whose end is queued."""
+        ...
+
+
+class Firing(Protocol):
+    """What a firing process adds to its heartbeat row (the firing engine)."""
+
+    def summary(self) -> dict[str, Any]:
+        """The scheduler's state and the jobs cached."""
+        ...
+
+
+class Peers(Protocol):
+    """What a firing process agrees on with the others through the heartbeat rows (the
+    fingerprint of the jobs its code declares: :mod:`asyncapp.service.declarations`)."""
+
+    def heartbeat_info(self) -> dict[str, Any]:
+        """Added to this process's heartbeat row."""
+        ...
+
+    def live_changed(self, live: list[Process]) -> None:
+        """The live processes, after each heartbeat."""
+
+
 class Membership:
-    """This process's heartbeat row, the live processes, and the reaping of dead ones."""
+    """This process's heartbeat row, the live processes, and the reaping of dead ones.
+
+    It is handed the process's runs (the dispatcher), its queued results (the
+    recorder) and, in a firing process, the firing engine: what it learns (the
+    live list, fencing, runs ended elsewhere, runs taken over from the dead)
+    goes down to them.
+    """
 
     def __init__(
         self,
-        db: Database,
+        store: Store,
         settings: Settings,
         *,
+        process_id: str,
         role: str,
-        info: Callable[[], dict[str, Any]] = dict,
-        can_run: Callable[[JobDef], bool] = lambda job: False,
-        on_reruns: Callable[[list[tuple[Run, JobDef]]], None] = lambda runs: None,
-        on_live: Callable[[list[Process]], None] = lambda live: None,
-        local_runs: Callable[[], list[str]] = list,
-        on_abandoned: Callable[[list[str]], None] = lambda run_ids: None,
-        on_fenced: Callable[[str], None] = lambda new_id: None,
+        tasks: Registry,
+        runs: Runs,
+        results: Results,
+        firing: Firing | None = None,
+        peers: Peers | None = None,
     ) -> None:
-        self.db = db
+        self.store = store
         self.settings = settings
         self.role = role
         #: This incarnation's id; a new one after this process was presumed dead.
-        self.id = new_id()
+        self.id = process_id
         self.live: list[Process] = []
         self.clock = 0.0
-        self._info = info
-        self._can_run = can_run
-        self._on_reruns = on_reruns
-        self._on_live = on_live
-        self._local_runs = local_runs
-        self._on_abandoned = on_abandoned
-        self._on_fenced = on_fenced
+        self.tasks = tasks
+        self.runs = runs
+        self.results = results
+        self.firing = firing
+        self.peers = peers
         self._tasks: list[asyncio.Task[None]] = []
         #: Monotonic times: the last heartbeat written, and the start of the current
         #: stretch of heartbeats with no gap longer than :attr:`max_gap`.
@@ -118,9 +169,21 @@ class Membership:
         """Seconds between two heartbeats past which this process counts itself stalled."""
         return self.settings.process_timeout / 2
 
+    def info(self) -> dict[str, Any]:
+        """What this process says of itself in its heartbeat row and health checks."""
+        summary = self.firing.summary() if self.firing is not None else {}
+        return {
+            "state": summary.get("state", "none"),
+            "runs_in_progress": self.runs.running,
+            "results_pending": self.results.pending,
+            "jobs": summary.get("jobs", 0),
+            "broken_jobs": summary.get("broken_jobs", 0),
+            **(self.peers.heartbeat_info() if self.peers is not None else {}),
+        }
+
     async def join(self) -> None:
         """Register this process (before it claims anything)."""
-        await self.db.beat(self._register)
+        self._seen(await self.store.register(self.id, self._row()))
         self._beaten()
 
     def start(self) -> None:
@@ -136,11 +199,7 @@ class Membership:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         try:
-            await self.db.write(
-                lambda conn: conn.execute(
-                    delete(processes_table).where(processes_table.c.id == self.id)
-                )
-            )
+            await self.store.unregister(self.id)
         except DatabaseUnavailable:
             log.warning("could not remove this process's row; others will after the timeout")
 
@@ -152,8 +211,8 @@ class Membership:
         runs: it is fenced.  It abandons every run it has (cancels their tasks),
         and rejoins under a new id, so nothing it claimed before counts as its own.
         """
-        registered = await self.db.beat(self._refresh)
-        if not registered:
+        beat = await self.store.refresh(self.id, self._row())
+        if beat is None:
             old, self.id = self.id, new_id()
             log.error(
                 "this process (%s, %s) was presumed dead by the others (no heartbeat for %ss); "
@@ -164,11 +223,13 @@ class Membership:
                 self.settings.process_timeout,
                 self.id,
             )
-            self._on_fenced(self.id)
-            await self.db.beat(self._register)
+            self.runs.fence(self.id)
+            self.results.process_id = self.id
+            beat = await self.store.register(self.id, self._row())
             self._last_beat = None  # the stretch of current heartbeats starts again
+        self._seen(beat)
         self._beaten()
-        self._on_live(self.live)
+        self.runs.rank = self.ranking()
 
     async def watch(self) -> None:
         """Reconcile this process's runs with the ledger; reap dead processes, if its
@@ -180,15 +241,30 @@ class Membership:
         cause (a database restart, a held SQLite write lock), until all have had the
         time to beat again.
         """
-        mine = self._local_runs()
-        reaped: list[str] = []
-        reruns, ended = await self.db.write(lambda conn: self._reap(conn, mine, reaped))
-        for func in reaped:  # committed: count the runs this process ended for good
+        # Runs ended here whose end is still queued count as here: their end is
+        # written after (the write thread runs transactions in order of submission).
+        mine = self.runs.run_ids() + self.results.queued()
+        reaped = await self.store.reap(
+            self.id,
+            node=self.settings.node_name,
+            running_here=mine,
+            judge=self.current,
+            process_timeout=self.settings.process_timeout,
+            stray_before=datetime.now(UTC) - timedelta(seconds=STRAY_GRACE),
+            can_run=lambda job: job.func in self.tasks,
+        )
+        for func in reaped.interrupted:  # committed: count the runs this process ended
             metrics.RUNS.labels(func, UNKNOWN).inc()
-        if ended:
-            self._on_abandoned(ended)
-        if reruns:
-            self._on_reruns(reruns)
+        if reaped.ended:
+            self.runs.abandon(reaped.ended)
+        for run, job in reaped.reruns:
+            log.warning(
+                "job %s run %s: taking it over from a dead process (attempt %d)",
+                job.id,
+                run.id,
+                run.attempt,
+            )
+            self.runs.start_runs([run], job, self.tasks.resolve(job.func).func)
 
     def current(self) -> bool:
         """Whether this process's own heartbeat is current enough to judge the others."""
@@ -231,87 +307,22 @@ class Membership:
             self._current_since = now
         self._last_beat = now
 
-    def _row(self, clock: float) -> dict[str, Any]:
+    def _seen(self, beat: Heartbeat) -> None:
+        self.clock = beat.clock
+        self.live = beat.live
+        if self.peers is not None:
+            self.peers.live_changed(self.live)
+
+    def _row(self) -> ProcessRow:
+        """This process's heartbeat row, but for the time (the database's clock)."""
         return {
             "node": storable(self.settings.node_name, 200),
             "host": storable(socket.gethostname(), 200),
             "pid": os.getpid(),
             "role": self.role,
-            "heartbeat_at": clock,
             "version": VERSION,
-            "info": json.dumps(self._info(), default=str),
+            "info": json.dumps(self.info(), default=str),
         }
-
-    def _register(self, conn: Connection) -> None:
-        clock = self.db.clock(conn)
-        conn.execute(
-            insert(processes_table).values(id=self.id, started_at=clock, **self._row(clock))
-        )
-        self.clock = clock
-        self.live = read_live(conn)
-
-    def _refresh(self, conn: Connection) -> bool:
-        """Refresh this process's row; False if it is gone (presumed dead)."""
-        clock = self.db.clock(conn)
-        refreshed = conn.execute(
-            update(processes_table)
-            .where(processes_table.c.id == self.id)
-            .values(**self._row(clock))
-        )
-        if not refreshed.rowcount:
-            return False
-        self.clock = clock
-        self.live = read_live(conn)
-        return True
-
-    def _reap(
-        self, conn: Connection, mine: list[str], reaped: list[str]
-    ) -> tuple[list[tuple[Run, JobDef]], list[str]]:
-        if not registered(conn, self.db, self.id):
-            return [], []  # presumed dead: the next heartbeat fences this process
-        reruns: list[tuple[Run, JobDef]] = []
-        # Judged here, on the write thread, when the transaction runs: it may have
-        # waited (behind a claim on a held lock) while this process stalled.
-        if self.current():
-            reruns = self._reap_dead(conn, reaped)
-        claimed_before = datetime.now(UTC) - timedelta(seconds=STRAY_GRACE)
-        for run_id in interrupt_strays(conn, self.id, mine, claimed_before):
-            log.warning("run %s was claimed here but never ran here; it is interrupted", run_id)
-        # Runs this process runs that the ledger says ended elsewhere: a newer run
-        # cancelled them.  They stop here.  (Runs of this process that the ledger
-        # says run here but that have no task here are the strays above.)
-        ended: list[str] = []
-        for start in range(0, len(mine), 500):
-            chunk = mine[start : start + 500]
-            ended.extend(
-                conn.execute(
-                    select(runs_table.c.id).where(
-                        runs_table.c.id.in_(chunk), runs_table.c.status != RUNNING
-                    )
-                ).scalars()
-            )
-        return reruns, ended
-
-    def _reap_dead(self, conn: Connection, reaped: list[str]) -> list[tuple[Run, JobDef]]:
-        clock = self.db.clock(conn)
-        gone = (
-            conn.execute(
-                delete(processes_table)
-                .where(processes_table.c.heartbeat_at < clock - self.settings.process_timeout)
-                .returning(processes_table.c.node)
-            )
-            .scalars()
-            .all()
-        )
-        for node in gone:
-            log.warning(
-                "process %s stopped heartbeating; its runs in progress end as unknown", node
-            )
-        node = self.settings.node_name
-        reaped.clear()  # a retried transaction starts over
-        return reap(
-            conn, self.db, node=node, process_id=self.id, can_run=self._can_run, ended=reaped
-        )
 
 
 class ChangeFeed:
@@ -319,12 +330,10 @@ class ChangeFeed:
 
     def __init__(
         self,
-        db: Database,
-        store: JobStore,
+        store: Store,
         interval: float,
         apply: Callable[[list[Change]], Awaitable[None]],
     ) -> None:
-        self.db = db
         self.store = store
         self.interval = interval
         self.apply = apply
@@ -337,12 +346,14 @@ class ChangeFeed:
 
     async def mark(self) -> None:
         """Start from the latest change (call before loading the jobs)."""
-        self.seen = await self.db.read(self.store.last_change_id)
+        self.seen = await self.store.last_change_id()
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._follow(), name="asyncapp-changes"))
-        if self.db.is_postgres:
-            self._tasks.append(asyncio.create_task(self._listen(), name="asyncapp-listen"))
+        if self.store.listens:
+            self._tasks.append(
+                asyncio.create_task(self.store.listen(self._signal.set), name="asyncapp-listen")
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -356,7 +367,7 @@ class ChangeFeed:
 
     async def check(self) -> None:
         """Read and apply the changes after the last one seen."""
-        changes = await self.db.read(lambda conn: self.store.changes_after(conn, self.seen))
+        changes = await self.store.changes_after(self.seen)
         if changes:
             await self.apply(changes)
             self.seen = changes[-1].id
@@ -387,23 +398,3 @@ class ChangeFeed:
                 log.exception("applying changes from the database failed")
                 continue
             self.failing = False
-
-    async def _listen(self) -> None:
-        import psycopg
-
-        conninfo = self.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        delay = 0.5
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    conninfo, autocommit=True, connect_timeout=5
-                ) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    delay = 0.5
-                    self._signal.set()  # catch up on what was missed while not listening
-                    async for _ in conn.notifies():
-                        self._signal.set()
-            except (psycopg.Error, OSError) as exc:
-                log.debug("listening for changes failed (%s); retrying in %ss", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)

@@ -54,17 +54,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from asyncapp import metrics
 from asyncapp.constants import INTERRUPTED, MISSED, MISSED_REASONS, RUNNING
 from asyncapp.engine.runner import Runner
 from asyncapp.errors import DatabaseUnavailable, JobBusy, JobNotFound, NotRunning
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run, utcnow
-from asyncapp.store.claims import Due, Outcome, Reasons, claim
-from asyncapp.store.database import Database
-from asyncapp.store.processes import registered
+from asyncapp.store.interface import Due, Outcome, Reasons, Store
 
 log = logging.getLogger("asyncapp.run")
 
@@ -149,15 +145,16 @@ class Dispatcher:
 
     def __init__(
         self,
-        db: Database,
+        store: Store,
         runner: Runner,
         *,
         node: str,
         process_id: str,
         reasons: Reasons,
+        max_running: int,
         hooks: Hooks | None = None,
     ) -> None:
-        self.db = db
+        self.store = store
         self.runner = runner
         self.node = node
         self.process_id = process_id
@@ -181,7 +178,7 @@ class Dispatcher:
         self._latest: OrderedDict[str, tuple[JobDef, Callable[..., Any]]] = OrderedDict()
         #: Jobs with runs or missed records claimed here since :meth:`touched`.
         self._touched: set[str] = set()
-        self._slots = asyncio.Semaphore(runner.settings.max_running)
+        self._slots = asyncio.Semaphore(max_running)
         self._promoter: asyncio.Task[None] | None = None
 
     @property
@@ -293,25 +290,11 @@ class Dispatcher:
     async def _claim(self, batch: list[Submission], dues: list[Due]) -> None:
         recorder = self.runner.recorder
         results = recorder.take()
-
-        process_id = self.process_id
-
-        def transaction(conn: Connection) -> tuple[list[Run], list[Outcome] | None]:
-            promoted = results(conn)
-            if not registered(conn, self.db, process_id):
-                return promoted, None  # presumed dead: fenced until it rejoins
-            outcomes = claim(
-                self.db,
-                conn,
-                dues,
-                node=self.node,
-                process_id=process_id,
-                reasons=self.reasons,
-            )
-            return promoted, outcomes
-
         try:
-            promoted, outcomes = await self.db.write(transaction)
+            # The queued results first: a run that ended never counts against the claim.
+            recorded, outcomes = await self.store.claim(
+                dues, results, node=self.node, process_id=self.process_id, reasons=self.reasons
+            )
         except DatabaseUnavailable as exc:
             recorder.untake(results)
             self._refuse(batch, exc)
@@ -328,10 +311,10 @@ class Dispatcher:
             self._refuse(batch, exc)
             self.hooks.database_down([s for s in batch if s.answer is None])
             return
-        recorder.taken(results)
-        if promoted:
-            self.start_promoted(promoted)
-        if outcomes is None:
+        recorder.taken(results, recorded)
+        if recorded.started:
+            self.start_promoted(recorded.started)
+        if outcomes is None:  # presumed dead: fenced until it rejoins
             log.warning("claimed nothing: this process is presumed dead until it rejoins")
             self._refuse(batch, DatabaseUnavailable("presumed dead", busy=True))
             self._retry_later([s for s in batch if s.answer is None])
@@ -501,7 +484,7 @@ class Dispatcher:
         for run_id in run_ids:
             task = self._runs.get(run_id)
             if task is not None and not task.done():
-                self.runner.abandoned.add(run_id)
+                self.runner.abandon(run_id)
                 task.cancel()
 
     async def _after(
@@ -517,7 +500,7 @@ class Dispatcher:
     def _forget(self, runs: list[Run]) -> None:
         for run in runs:
             self._runs.pop(run.id, None)
-            self.runner.abandoned.discard(run.id)
+            self.runner.forget(run.id)
 
     async def _run_in_order(self, runs: list[Run], job: JobDef, func: Callable[..., Any]) -> None:
         task = asyncio.current_task()

@@ -27,8 +27,6 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
-
 from asyncapp.constants import (
     JOB_PAUSED,
     REMOVED,
@@ -45,9 +43,7 @@ from asyncapp.model.change import Change
 from asyncapp.model.job import JobDef
 from asyncapp.model.tasks import Registry
 from asyncapp.settings import Settings
-from asyncapp.store.claims import Reasons
-from asyncapp.store.database import Database
-from asyncapp.store.jobs import JobStore
+from asyncapp.store.interface import Reasons, Store
 
 log = logging.getLogger("asyncapp.runtime")
 
@@ -62,12 +58,11 @@ RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 class FiringEngine(Hooks):
     """Cache, scheduler, change feed and missed-time bookkeeping of one firing process."""
 
-    def __init__(self, db: Database, settings: Settings, tasks: Registry, reasons: Reasons) -> None:
-        self.db = db
+    def __init__(self, store: Store, settings: Settings, tasks: Registry, reasons: Reasons) -> None:
+        self.store = store
         self.reasons = reasons
-        self.store = JobStore(db)
         self.cache = JobCache(tasks, settings.zone)
-        self.feed = ChangeFeed(db, self.store, settings.sync_interval, self._apply)
+        self.feed = ChangeFeed(store, settings.sync_interval, self._apply)
         self.lead = settings.claim_lead
         self._scheduler: Scheduler | None = None
         self._paused_since: datetime | None = None
@@ -102,11 +97,8 @@ class FiringEngine(Hooks):
         """
         await self.feed.mark()
         await declare()
-        store = self.store
-        jobs, state = await self.db.read(
-            lambda conn: (store.all(conn), store.scheduler_state(conn))
-        )
-        self.cache.load(jobs)
+        jobs, state = await self.store.jobs_and_state()
+        self.cache.load(list(jobs.values()))
         scheduler = self._scheduler = Scheduler(self.cache, dispatcher, lead=self.lead)
         scheduler.stored_state = state
         scheduler.start(paused=state != SCHEDULER_RUNNING)
@@ -115,6 +107,14 @@ class FiringEngine(Hooks):
         stack.callback(self._shutdown)
         self.feed.start()
         stack.push_async_callback(self.feed.stop)
+
+    def summary(self) -> dict[str, Any]:
+        """The scheduler's state and the jobs cached, for this process's heartbeat row."""
+        return {
+            "state": self.state_name,
+            "jobs": len(self.cache.entries()),
+            "broken_jobs": len(self.cache.broken),
+        }
 
     def stop_firing(self) -> None:
         """Plan nothing more (shutdown: running jobs are drained next)."""
@@ -155,11 +155,8 @@ class FiringEngine(Hooks):
 
     async def _reload(self, job_ids: set[str]) -> None:
         """Reload ``job_ids`` and the scheduler-wide state from the database."""
-        store = self.store
         ids = sorted(job_ids)
-        found, state = await self.db.read(
-            lambda conn: (store.some(conn, ids), store.scheduler_state(conn))
-        )
+        found, state = await self.store.jobs_and_state(ids)
         for job_id in ids:
             if job_id in found:
                 self.cache.put(found[job_id])
@@ -225,7 +222,7 @@ class FiringEngine(Hooks):
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
             try:
-                await self.db.write(lambda conn: conn.execute(text("SELECT 1")))
+                await self.store.ping_write()
             except DatabaseUnavailable:
                 continue
             break

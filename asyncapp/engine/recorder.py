@@ -32,38 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from typing import Any
-
-from sqlalchemy.engine import Connection
 
 from asyncapp import metrics
 from asyncapp.errors import DatabaseUnavailable
 from asyncapp.model.run import Run
-from asyncapp.store.claims import end_runs, kept_ends, record_attempts
-from asyncapp.store.database import Database
+from asyncapp.store.interface import Ends, Recorded, Store
 
 log = logging.getLogger("asyncapp.run")
-
-
-@dataclass(eq=False)
-class Batch:
-    """Results taken from the queue for one transaction (:meth:`Recorder.take`).
-
-    Call it with the transaction's connection to write them; it returns the
-    waiting runs this process now owns.  After the transaction, hand it back
-    to :meth:`Recorder.taken` (committed) or :meth:`Recorder.untake` (failed).
-    """
-
-    recorder: Recorder
-    runs: list[Run]
-    attempts: list[dict[str, Any]]
-    buffered: set[str]
-    #: The ends the history kept, known once written (another process may have ended some).
-    kept: list[Run] = field(default_factory=list)
-
-    def __call__(self, conn: Connection) -> list[Run]:
-        return self.recorder._write(conn, self)
 
 
 class Recorder:
@@ -75,8 +51,8 @@ class Recorder:
     #: Results that are written at once, without lingering.
     BATCH = 200
 
-    def __init__(self, db: Database, process_id: str) -> None:
-        self.db = db
+    def __init__(self, store: Store, process_id: str) -> None:
+        self.store = store
         self.process_id = process_id
         #: Waiting runs that the ends this recorder wrote handed to this process to start
         #: (``buffer_one``); the dispatcher takes them from here.
@@ -153,31 +129,30 @@ class Recorder:
         self._idle.clear()
         self._wake.set()
 
-    def take(self) -> Batch:
+    def take(self) -> Ends:
         """Hand the queued results to a transaction (a claim's, or the recorder's own).
 
-        Call the batch in the transaction, then :meth:`taken` once it committed
+        Write them in the transaction, then call :meth:`taken` once it committed
         or :meth:`untake` if it failed.
         """
-        batch = Batch(self, self._pending, self._attempts, self._buffered)
+        batch = Ends(self._pending, self._attempts, self._buffered)
         self._pending, self._attempts, self._buffered = [], [], set()
         self._in_flight += 1
         return batch
 
-    def taken(self, batch: Batch) -> None:
+    def taken(self, batch: Ends, recorded: Recorded) -> None:
         """``batch``'s transaction committed: count the ends the history kept."""
         self._in_flight -= 1
-        kept = {run.id for run in batch.kept}
+        kept = {run.id for run in recorded.kept}
         for run in batch.runs:
             func = self._funcs.pop(run.id, None)
             if func is not None and run.id in kept:
                 metrics.RUNS.labels(func, run.status).inc()
         self._idle_if_done()
 
-    def untake(self, batch: Batch) -> None:
+    def untake(self, batch: Ends) -> None:
         """``batch``'s transaction failed: its results go back to the front of the queue."""
         self._in_flight -= 1
-        batch.kept.clear()
         self._pending[:0] = batch.runs
         self._attempts[:0] = batch.attempts
         self._buffered |= batch.buffered
@@ -215,7 +190,7 @@ class Recorder:
             batch = self.take()
             self._writing = batch.runs
             try:
-                started = await self.db.write(batch)
+                recorded = await self.store.record_ends(batch, self.process_id)
             except DatabaseUnavailable:
                 self.failing = True
                 self._writing = []
@@ -227,14 +202,13 @@ class Recorder:
                 continue
             except Exception:
                 log.exception("writing %d run results failed; they are dropped", len(self._writing))
-                started = []
-                batch.kept.clear()
+                recorded = Recorded()
             failures = 0
             self.failing = False
             self._writing = []
-            self.taken(batch)
-            if started:
-                self.promoted.put_nowait(started)
+            self.taken(batch, recorded)
+            if recorded.started:
+                self.promoted.put_nowait(recorded.started)
             if self._pending or self._attempts:
                 self._wake.set()
 
@@ -242,20 +216,3 @@ class Recorder:
         if not self._pending and not self._attempts and not self._writing and not self._in_flight:
             self._urgent = False
             self._idle.set()
-
-    def _write(self, conn: Connection, batch: Batch) -> list[Run]:
-        if batch.attempts:
-            record_attempts(conn, self.db, batch.attempts, self.process_id)
-        runs = batch.runs
-        if not runs and not batch.buffered:
-            return []
-        count, started = end_runs(conn, self.db, runs, self.process_id, buffered=batch.buffered)
-        batch.kept[:] = runs if count >= len(runs) else kept_ends(conn, runs)
-        if count < len(runs):
-            log.warning(
-                "%d of %d runs ended after another process had ended them (this process was "
-                "presumed dead, or a newer run cancelled them); the history keeps that verdict",
-                len(runs) - count,
-                len(runs),
-            )
-        return started

@@ -103,6 +103,14 @@ class Runner:
         #: presumed dead): they are stopped here without recording anything.
         self.abandoned: set[str] = set()
 
+    def abandon(self, run_id: str) -> None:
+        """Another process ended ``run_id``: when its task is cancelled, record nothing."""
+        self.abandoned.add(run_id)
+
+    def forget(self, run_id: str) -> None:
+        """``run_id``'s task is done here: nothing left to abandon."""
+        self.abandoned.discard(run_id)
+
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
 

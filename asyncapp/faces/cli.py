@@ -34,7 +34,8 @@ from flask.cli import AppGroup
 
 from asyncapp.constants import DEFAULT_UPCOMING, RUN_STATUSES, TRIGGER_TYPES
 from asyncapp.errors import AsyncAppError, DatabaseUnavailable, InvalidJob
-from asyncapp.faces.host import host
+from asyncapp.faces.host import host, run_here
+from asyncapp.faces.humanize import describe_trigger, trigger_spec
 from asyncapp.model.change import Actor
 from asyncapp.service.jobs import JobService
 from asyncapp.service.validation import (
@@ -265,18 +266,7 @@ def remove(job_id: str) -> None:
 @json_option
 def run(job_id: str, timeout: float, as_json: bool) -> None:
     """Run a job once now, in this process, and print how it went."""
-    ext = host()
-    actor = _actor()
-
-    async def main() -> dict[str, Any]:
-        async with ext.cli_runtime() as runtime:
-            started = await runtime.service.run_job(job_id, actor)
-            await runtime.dispatcher.drain(timeout)
-            await runtime.recorder.flush()
-            page = await runtime.service.list_runs(job_id, None, 50, 0)
-            return next((r for r in page["runs"] if r["id"] == started["id"]), started)
-
-    record = _run(main())
+    record = _run(run_here(host(), job_id, _actor(), timeout))
     if as_json:
         _print_json(record)
     else:
@@ -393,7 +383,7 @@ def _print_jobs(found: list[dict[str, Any]]) -> None:
             job["id"],
             job.get("name") or "",
             job["func"],
-            _describe_trigger(job),
+            describe_trigger(trigger_spec(job)),
             _when(job.get("next_run_time")),
             _state(job),
         ]
@@ -437,20 +427,6 @@ def _took(run: dict[str, Any]) -> str:
         datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])
     ).total_seconds()
     return f"{seconds:.3f}s"
-
-
-def _describe_trigger(job: dict[str, Any]) -> str:
-    kind = job.get("trigger", "?")
-    if kind == "interval":
-        units = [("weeks", "w"), ("days", "d"), ("hours", "h"), ("minutes", "m"), ("seconds", "s")]
-        every = " ".join(f"{job[key]}{unit}" for key, unit in units if job.get(key))
-        return f"every {every}"
-    if kind == "cron":
-        names = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
-        return "cron " + " ".join(f"{key}={job[key]}" for key in names if job.get(key) is not None)
-    if kind == "date":
-        return f"once at {job.get('run_date')}"
-    return str(kind)
 
 
 def _state(job: dict[str, Any]) -> str:

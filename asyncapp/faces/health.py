@@ -31,7 +31,7 @@ def health_blueprint() -> Blueprint:
         runtime = host().runtime
         problems = runtime.problems()
         # A database already known to be down is reported as such, without another wait.
-        if runtime.started and runtime.db.down_since is None:
+        if runtime.started and runtime.store.down_since is None:
             try:
                 async with asyncio.timeout(READY_TIMEOUT):
                     await runtime.ping()

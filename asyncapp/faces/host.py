@@ -9,10 +9,11 @@ shared by the API's JSON errors and the dashboard's pages.
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
-from flask import current_app
+from flask import Flask, current_app
 
 from asyncapp.errors import (
     AsyncAppError,
@@ -25,6 +26,7 @@ from asyncapp.errors import (
     NotRunning,
     UnknownFunction,
 )
+from asyncapp.model.change import Actor
 from asyncapp.runtime import Runtime
 from asyncapp.service.jobs import JobService
 from asyncapp.settings import Settings
@@ -35,6 +37,8 @@ class Host(Protocol):
 
     settings: Settings
     runtime: Runtime
+    #: The loop the runtime runs on, while it runs.
+    loop: asyncio.AbstractEventLoop | None
 
     def service(self) -> JobService:
         """The job service of the running app. :raises NotRunning: when not started."""
@@ -49,9 +53,29 @@ class Host(Protocol):
         ...
 
 
-def host() -> Host:
-    """The extension attached to the current Flask app."""
-    return cast(Host, current_app.extensions["asyncapp"])
+def host(app: Flask | None = None) -> Host:
+    """The extension attached to ``app`` (default: the current Flask app).
+
+    :raises RuntimeError: if asyncapp is not attached to it.
+    """
+    found = (app or current_app).extensions.get("asyncapp")
+    if found is None:
+        raise RuntimeError("asyncapp is not attached to this Flask app; call AsyncApp(app)")
+    return cast(Host, found)
+
+
+async def run_here(ext: Host, job_id: str, actor: Actor, wait: float) -> dict[str, Any]:
+    """Run ``job_id`` once now in this process (a runtime that fires nothing), waiting
+    up to ``wait`` seconds for it; returns the run as the history holds it then.
+
+    What ``flask jobs run`` and the Python API's ``run_now`` outside a server do.
+    """
+    async with ext.cli_runtime() as runtime:
+        started = await runtime.service.run_job(job_id, actor)
+        await runtime.dispatcher.drain(wait)
+        await runtime.recorder.flush()
+        page = await runtime.service.list_runs(job_id, None, 50, 0)
+    return next((run for run in page["runs"] if run["id"] == started["id"]), started)
 
 
 #: Our exceptions to status codes: the one place where errors become statuses.

@@ -111,6 +111,20 @@ def build_trigger(spec: Spec, default_timezone: tzinfo, *, jitter: bool = True) 
     return DateTrigger(run_date=run_date, timezone=zone)
 
 
+def resolve_trigger(spec: Spec, default_timezone: tzinfo) -> tuple[BaseTrigger, Spec]:
+    """Build ``spec`` once for a job: the exact trigger the scheduler computes its times
+    with (no jitter: see :func:`build_trigger`), and the full spec to store (every
+    field, start dates resolved now, the jitter kept).
+
+    :raises InvalidJob: with one ``trigger.<field>`` error per bad field.
+    """
+    trigger = build_trigger(spec, default_timezone, jitter=False)
+    full = trigger_to_spec(trigger)
+    if "jitter" in full:
+        full["jitter"] = spec.get("jitter")
+    return trigger, full
+
+
 #: How far past a scheduled time to look for the next one (much less than any interval).
 STEP = timedelta(milliseconds=1)
 #: The resolution of datetime: "strictly after t" is "at or after t + TICK".

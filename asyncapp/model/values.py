@@ -6,6 +6,14 @@ from datetime import UTC, datetime
 from typing import overload
 
 
+@overload
+def storable(value: str, limit: int) -> str: ...
+
+
+@overload
+def storable(value: str | None, limit: int) -> str | None: ...
+
+
 def storable(value: str | None, limit: int) -> str | None:
     """``value`` made safe to store as text: no NUL, no lone surrogates, at most ``limit`` chars.
 

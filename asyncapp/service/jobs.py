@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,20 +25,16 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from apscheduler.util import check_callable_args
-from sqlalchemy.engine import Connection
 
 from asyncapp.constants import (
-    ADD,
     ALLOW,
     DEFAULT_UPCOMING,
-    FAILING_STATUSES,
     JOB_FILTERS,
     JOB_OPTIONS,
     JOB_SORTS,
     MAX_UPCOMING,
     MODIFY,
     PAUSE,
-    REMOVE,
     RESUME,
     RUN_NOW,
     RUN_STATUSES,
@@ -51,7 +46,7 @@ from asyncapp.constants import (
     JobSort,
     SchedulerState,
 )
-from asyncapp.errors import InvalidJob, JobExists, JobNotFound, KeyReused, NotRunning
+from asyncapp.errors import InvalidJob, JobNotFound, KeyReused, NotRunning
 from asyncapp.model.change import Actor
 from asyncapp.model.job import JobDef
 from asyncapp.model.run import Run
@@ -60,16 +55,11 @@ from asyncapp.model.triggers import (
     build_trigger,
     fire_time_after,
     fire_times_after,
-    trigger_to_spec,
+    resolve_trigger,
 )
 from asyncapp.model.values import storable
 from asyncapp.settings import Settings
-from asyncapp.store import requests
-from asyncapp.store.claims import record_skipped
-from asyncapp.store.database import Database
-from asyncapp.store.jobs import JobStore
-from asyncapp.store.processes import Process, read_live
-from asyncapp.store.runs import failing_since, get_run, latest_runs, select_attempts, select_runs
+from asyncapp.store.interface import Answer, Process, Skipping, Store
 
 #: Where ``POST /scheduler/jobs`` keeps the answers to its idempotency keys.
 ADD_SCOPE = "add_job"
@@ -88,6 +78,8 @@ def keyed_run_id(job_id: str, key: str) -> str:
     return hashlib.sha256(f"{job_id}\0{key}".encode()).hexdigest()[:32]
 
 
+#: The most items one page of jobs or runs holds.
+MAX_PAGE = 1000
 #: Job fields a PATCH may change.
 CHANGEABLE = ("func", "args", "kwargs", "trigger", "paused", *JOB_OPTIONS)
 #: Fields whose changes the history records (what the API shows of a job).
@@ -126,32 +118,27 @@ class JobService:
 
     def __init__(
         self,
-        db: Database,
+        store: Store,
         tasks: Registry,
         settings: Settings,
         *,
         local: Local | None = None,
     ) -> None:
-        self.db = db
-        self.store = JobStore(db)
+        self.store = store
         self.tasks = tasks
         self.settings = settings
         self.local = local
+        #: How a change records the due times it passes over (``record_skipped``).
+        self._skipping = Skipping(
+            zone=settings.zone, node=settings.node_name, process_timeout=settings.process_timeout
+        )
 
     # -- the scheduler ------------------------------------------------------------
 
     async def scheduler_info(self) -> dict[str, Any]:
         """Flask-APScheduler's scheduler info, plus the stored state and the processes."""
-
-        def read(conn: Connection) -> tuple[str, list[JobDef], list[Process], float]:
-            return (
-                self.store.scheduler_state(conn),
-                self.store.all(conn),
-                read_live(conn),
-                self.db.clock(conn),
-            )
-
-        state, jobs, live, clock = await self.db.read(read)
+        seen = await self.store.overview(jobs=True)
+        state, jobs = seen.state, seen.jobs
         local = self.local.info() if self.local is not None else {}
         return {
             "current_host": self.settings.node_name,
@@ -162,20 +149,20 @@ class JobService:
             "broken_jobs": sum(1 for job in jobs if self._broken(job)),
             "runs_in_progress": local.get("runs_in_progress", 0),
             "process": local,
-            "processes": _listed(live, clock, local),
+            "processes": _listed(seen.live, seen.clock, local),
         }
 
     async def processes(self) -> dict[str, Any]:
         """The scheduler-wide state, this process, and the live processes with their
         heartbeat ages by the database's clock now: :meth:`scheduler_info` without
         reading the jobs, cheap enough to poll."""
-
-        def read(conn: Connection) -> tuple[str, list[Process], float]:
-            return self.store.scheduler_state(conn), read_live(conn), self.db.clock(conn)
-
-        state, live, clock = await self.db.read(read)
+        seen = await self.store.overview()
         local = self.local.info() if self.local is not None else {}
-        return {"state": state, "process": local, "processes": _listed(live, clock, local)}
+        return {
+            "state": seen.state,
+            "process": local,
+            "processes": _listed(seen.live, seen.clock, local),
+        }
 
     async def pause_scheduler(self, actor: Actor) -> None:
         """Stop firing in every process until resumed (state ``paused``); runs go on."""
@@ -196,15 +183,7 @@ class JobService:
         await self._set_state(SCHEDULER_STOPPED, actor)
 
     async def _set_state(self, state: SchedulerState, actor: Actor) -> None:
-        def change(conn: Connection) -> None:
-            self.store.begin_change(conn)
-            before = self.store.set_scheduler_state(conn, state, time.time())
-            if before != state:
-                self.store.record(
-                    conn, action=state, job_id=None, actor=actor, detail={"state": [before, state]}
-                )
-
-        await self.db.write(change)
+        await self.store.set_scheduler_state(state, actor)
         if self.local is not None:
             self.local.state_applied(state)
 
@@ -216,7 +195,7 @@ class JobService:
 
     async def list_jobs(self) -> list[dict[str, Any]]:
         """Every job, soonest next run first (paused last), as the API shows it."""
-        return await self.db.read(lambda conn: [self._to_api(job) for job in self.store.all(conn)])
+        return [self._to_api(job) for job in await self.store.jobs()]
 
     async def list_jobs_json(self) -> str:
         """:meth:`list_jobs` as JSON text, built on the database's read thread.
@@ -226,14 +205,10 @@ class JobService:
         garbage collector run full collections of 30-140 ms, holding the GIL
         and with it the event loop (measured with 10,000 jobs).
         """
-
-        def read(conn: Connection) -> str:
-            parts = [
-                json.dumps(self._to_api(job), ensure_ascii=False) for job in self.store.each(conn)
-            ]
-            return "[" + ",".join(parts) + "]"
-
-        return await self.db.read(read)
+        parts = await self.store.map_jobs(
+            lambda job: json.dumps(self._to_api(job), ensure_ascii=False)
+        )
+        return "[" + ",".join(parts) + "]"
 
     async def job_page(
         self,
@@ -263,69 +238,52 @@ class JobService:
             errors.append({"field": "state", "message": f"must be one of {', '.join(JOB_FILTERS)}"})
         if sort not in JOB_SORTS:
             errors.append({"field": "sort", "message": f"must be one of {', '.join(JOB_SORTS)}"})
-        if not 1 <= limit <= 1000:
-            errors.append({"field": "limit", "message": "must be between 1 and 1000"})
-        if offset < 0:
-            errors.append({"field": "offset", "message": "must be >= 0"})
+        errors.extend(_page_errors(limit, offset))
         if errors:
             raise InvalidJob(errors)
         registered = self.tasks.refs()
-
-        def read(conn: Connection) -> tuple[list[JobDef], int, dict[str, Run], dict[str, datetime]]:
-            jobs, total = self.store.page(
-                conn,
-                search=search,
-                state=state,
-                registered=registered,
-                limit=limit,
-                offset=offset,
-                sort=sort,
-                descending=descending,
-            )
-            last = latest_runs(conn, [job.id for job in jobs])
-            failing = [job_id for job_id, run in last.items() if run.status in FAILING_STATUSES]
-            return jobs, total, last, failing_since(conn, failing)
-
-        jobs, total, last, since = await self.db.read(read)
+        page = await self.store.job_page(
+            search=search,
+            state=state,
+            registered=registered,
+            limit=limit,
+            offset=offset,
+            sort=sort,
+            descending=descending,
+        )
+        last, since = page.last, page.failing_since
         items = [
             {
                 **self._to_api(job),
                 "last_run": last[job.id].to_dict() if job.id in last else None,
                 "failing_since": since[job.id].isoformat() if job.id in since else None,
             }
-            for job in jobs
+            for job in page.jobs
         ]
-        return {"jobs": items, "total": total, "limit": limit, "offset": offset}
+        return {"jobs": items, "total": page.total, "limit": limit, "offset": offset}
 
     async def job_counts(self) -> dict[str, int]:
         """How many jobs each state filter of :meth:`job_page` keeps, and ``all``
         (a job may count in several: paused and failing)."""
         registered = self.tasks.refs()
-        return await self.db.read(lambda conn: self.store.counts(conn, registered))
+        return await self.store.job_counts(registered)
 
     async def scheduler_status(self) -> dict[str, Any]:
         """``{"state": ..., "change": ...}``: the stored scheduler-wide state and its
         latest change as the change history shows it (who paused or resumed it, and
         when; None if it never changed)."""
-
-        def read(conn: Connection) -> tuple[str, Any]:
-            return self.store.scheduler_state(conn), self.store.scheduler_change(conn)
-
-        state, change = await self.db.read(read)
+        state, change = await self.store.scheduler_status()
         return {"state": state, "change": None if change is None else change.to_dict()}
 
     async def manual_runs(self, job_id: str, limit: int = 200) -> set[str]:
         """Ids of the runs of ``job_id`` started outside its schedule ("run now"), among
         its latest ``limit`` changes."""
-        changes, _ = await self.db.read(lambda conn: self.store.history(conn, job_id, limit, 0))
+        changes, _ = await self.store.history(job_id, limit, 0)
         return {str(change.detail.get("run")) for change in changes if change.action == RUN_NOW}
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         """:raises JobNotFound:"""
-        job = await self.db.read(lambda conn: self.store.get(conn, job_id))
-        if job is None:
-            raise JobNotFound(job_id)
-        return self._to_api(job)
+        return self._to_api(await self._existing(job_id, usable=False))
 
     async def upcoming(
         self, job_id: str, count: int = DEFAULT_UPCOMING, after: datetime | None = None
@@ -351,7 +309,7 @@ class JobService:
         if errors:
             raise InvalidJob(errors)
         start = datetime.now(UTC) if after is None else after.astimezone(UTC)
-        job = await self.db.read(lambda conn: self._existing(conn, job_id, usable=False))
+        job = await self._existing(job_id, usable=False)
         if job.damaged is not None:
             raise InvalidJob([{"field": "trigger", "message": job.damaged}])
         trigger = build_trigger(job.trigger, self.settings.zone, jitter=False)
@@ -361,9 +319,7 @@ class JobService:
 
     async def job_changes(self, job_id: str, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         """The change history of one job, newest first (kept after the job is removed)."""
-        changes, total = await self.db.read(
-            lambda conn: self.store.history(conn, job_id, limit, offset)
-        )
+        changes, total = await self.store.history(job_id, limit, offset)
         return {
             "changes": [change.to_dict() for change in changes],
             "total": total,
@@ -387,18 +343,9 @@ class JobService:
         """
         job = self.new_job(spec, check_args=False)
 
-        def change(conn: Connection) -> JobDef | dict[str, Any]:
-            self.store.begin_change(conn)
-            if idempotency is not None:
-                answered = requests.find(conn, ADD_SCOPE, idempotency.key)
-                if answered is not None:
-                    if answered.fingerprint != idempotency.fingerprint:
-                        raise KeyReused()
-                    return answered.body
-            if self.store.get(conn, job.id) is not None:
-                raise JobExists(job.id)
+        def check(count: int) -> None:
             self._check_call(job.func, job.args, job.kwargs)
-            if self.store.count(conn) >= self.settings.max_jobs:
+            if count >= self.settings.max_jobs:
                 raise InvalidJob(
                     [
                         {
@@ -408,18 +355,20 @@ class JobService:
                         }
                     ]
                 )
-            now = time.time()
-            added = self.store.write(
-                conn, job, new=True, action=ADD, actor=actor, detail=_diff(None, job), now=now
-            )
-            if idempotency is not None:
-                answer = requests.Answer(idempotency.fingerprint, 200, self._to_api(added))
-                requests.save(conn, ADD_SCOPE, idempotency.key, answer, now)
-            return added
 
-        added = await self.db.write(change)
-        if isinstance(added, dict):
-            return added
+        fingerprint = None if idempotency is None else idempotency.fingerprint
+        added = await self.store.add_job(
+            job,
+            actor=actor,
+            detail=_diff(None, job),
+            check=check,
+            key=None if idempotency is None else (ADD_SCOPE, idempotency.key),
+            answer=lambda added: Answer(str(fingerprint), 200, self._to_api(added)),
+        )
+        if isinstance(added, Answer):
+            if added.fingerprint != fingerprint:
+                raise KeyReused()
+            return added.body
         self._applied([added])
         return self._to_api(added)
 
@@ -444,16 +393,7 @@ class JobService:
 
     async def delete_job(self, job_id: str, actor: Actor) -> None:
         """Remove a job, broken or not; its run history stays. :raises JobNotFound:"""
-
-        def change(conn: Connection) -> None:
-            self.store.begin_change(conn)
-            job = self.store.get(conn, job_id, lock=True)
-            if job is None:
-                raise JobNotFound(job_id)
-            self.store.delete(conn, job_id)
-            self.store.record(conn, action=REMOVE, job_id=job_id, actor=actor, detail={})
-
-        await self.db.write(change)
+        await self.store.remove_job(job_id, actor)
         if self.local is not None:
             self.local.applied([], [job_id])
 
@@ -501,24 +441,14 @@ class JobService:
         :raises JobNotFound, InvalidJob:
         """
 
-        def change(conn: Connection) -> JobDef:
-            self.store.begin_change(conn)
-            job = self._existing(conn, job_id, lock=True, usable=usable)
+        def change(job: JobDef) -> tuple[JobDef, dict[str, Any]] | None:
+            self._check_usable(job, usable)
             updated = edit(job)
-            if updated == job:
-                return job
-            self._record_skipped(conn, job, updated)
-            return self.store.write(
-                conn,
-                updated,
-                new=False,
-                action=action,
-                actor=actor,
-                detail=_diff(job, updated),
-                now=time.time(),
-            )
+            return None if updated == job else (updated, _diff(job, updated))
 
-        updated = await self.db.write(change)
+        updated = await self.store.change_job(
+            job_id, action=action, actor=actor, edit=change, skipped=self._skipping
+        )
         self._applied([updated])
         return self._to_api(updated)
 
@@ -537,23 +467,19 @@ class JobService:
         """
         if self.local is None:
             raise NotRunning("running a job")
-        job = await self.db.read(lambda conn: self._existing(conn, job_id))
+        job = await self._existing(job_id)
         run_id = None if idempotency_key is None else keyed_run_id(job_id, idempotency_key)
         earlier = None
         if run_id is not None:
-            earlier = await self.db.read(lambda conn: get_run(conn, run_id))
+            earlier = await self.store.run(run_id)
         # Claimed again even when found: a claim whose answer was lost left its run
         # unstarted, and this starts it (a run already going is returned as it is).
         run = await self.local.run_now(job, run_id=run_id)
         if earlier is not None:
             return run.to_dict()
-
-        def note(conn: Connection) -> None:
-            self.store.record(
-                conn, action=RUN_NOW, job_id=job_id, actor=actor, detail={"run": run.id}
-            )
-
-        await self.db.write(note)
+        await self.store.record_change(
+            action=RUN_NOW, job_id=job_id, actor=actor, detail={"run": run.id}
+        )
         return run.to_dict()
 
     async def apply_declarations(
@@ -566,48 +492,28 @@ class JobService:
         ones.  Returns (changed ids, removed ids).
         """
 
-        def change(conn: Connection) -> tuple[list[JobDef], list[str]]:
-            self.store.begin_change(conn)
-            written: list[JobDef] = []
-            now = time.time()
-            for job in declared:
-                stored = self.store.get(conn, job.id, lock=True)
-                if stored is None:
-                    detail = _diff(None, job)
-                    written.append(
-                        self.store.write(
-                            conn, job, new=True, action=ADD, actor=actor, detail=detail, now=now
-                        )
-                    )
-                elif stored.declared != job.declared or stored.damaged is not None:
-                    updated = job.changed(version=stored.version + 1, note=stored.note)
-                    if stored.paused:
-                        updated = updated.changed(next_run_time=None)
-                    elif _same_trigger(stored, job):
-                        # The stored next time may be due and unclaimed (no process ran
-                        # across it during a deploy): the new definition fires it, or
-                        # the claim records why not.  The stored trigger keeps the
-                        # interval's start, so the times stay those already planned.
-                        updated = updated.changed(
-                            trigger=stored.trigger, next_run_time=stored.next_run_time
-                        )
-                    else:
-                        self._record_skipped(conn, stored, updated)
-                    detail = _diff(stored, updated)
-                    written.append(
-                        self.store.write(
-                            conn, updated, new=False, action=MODIFY, actor=actor, detail=detail,
-                            now=now,
-                        )
-                    )  # fmt: skip
-            removed = []
-            for job_id in sorted(owned):
-                if self.store.delete(conn, job_id):
-                    self.store.record(conn, action=REMOVE, job_id=job_id, actor=actor, detail={})
-                    removed.append(job_id)
-            return written, removed
+        def merge(stored: JobDef | None, job: JobDef) -> tuple[JobDef, dict[str, Any]] | None:
+            if stored is None:
+                return job, _diff(None, job)
+            if stored.declared == job.declared and stored.damaged is None:
+                return None
+            updated = job.changed(version=stored.version + 1, note=stored.note)
+            if stored.paused:
+                updated = updated.changed(next_run_time=None)
+            elif _same_trigger(stored, job):
+                # The stored next time may be due and unclaimed (no process ran across
+                # it during a deploy): the new definition fires it, or the claim records
+                # why not.  The stored trigger keeps the interval's start, so the times
+                # stay those already planned.  (Times a new trigger passes over are
+                # recorded by the store: ``skipped``.)
+                updated = updated.changed(
+                    trigger=stored.trigger, next_run_time=stored.next_run_time
+                )
+            return updated, _diff(stored, updated)
 
-        written, removed = await self.db.write(change)
+        written, removed = await self.store.save_jobs(
+            declared, sorted(owned), actor=actor, merge=merge, skipped=self._skipping
+        )
         if self.local is not None:
             self.local.applied(written, removed)
         return [job.id for job in written], removed
@@ -637,49 +543,27 @@ class JobService:
             errors.append(
                 {"field": "status", "message": f"must be one of {', '.join(RUN_STATUSES)}"}
             )
-        if not 1 <= limit <= 1000:
-            errors.append({"field": "limit", "message": "must be between 1 and 1000"})
-        if offset < 0:
-            errors.append({"field": "offset", "message": "must be >= 0"})
+        errors.extend(_page_errors(limit, offset))
         if errors:
             raise InvalidJob(errors)
-
-        def read(conn: Connection) -> tuple[list[Run], int, dict[str, list[dict[str, Any]]]]:
-            runs, total = select_runs(
-                conn,
-                job_id=job_id,
-                status=status,
-                limit=limit,
-                offset=offset,
-                since=since,
-                until=until,
-                job_contains=job_contains,
-            )
-            earlier = select_attempts(conn, [run.id for run in runs if run.attempt > 1])
-            return runs, total, earlier
-
-        runs, total, earlier = await self.db.read(read)
+        page = await self.store.run_page(
+            job_id=job_id,
+            status=status,
+            limit=limit,
+            offset=offset,
+            since=since,
+            until=until,
+            job_contains=job_contains,
+        )
         items = []
-        for run in runs:
+        for run in page.runs:
             item = run.to_dict()
-            if run.id in earlier:
-                item["attempts"] = earlier[run.id]
+            if run.id in page.attempts:
+                item["attempts"] = page.attempts[run.id]
             items.append(item)
-        return {"runs": items, "total": total, "limit": limit, "offset": offset}
+        return {"runs": items, "total": page.total, "limit": limit, "offset": offset}
 
     # -- helpers ------------------------------------------------------------------
-
-    def _record_skipped(self, conn: Connection, before: JobDef, after: JobDef) -> None:
-        """Record the due times ``before`` had that the change to ``after`` passes over."""
-        record_skipped(
-            conn,
-            self.db,
-            before,
-            after,
-            zone=self.settings.zone,
-            node=self.settings.node_name,
-            process_timeout=self.settings.process_timeout,
-        )
 
     def _broken(self, job: JobDef) -> bool:
         return job.damaged is not None or job.func not in self.tasks
@@ -691,25 +575,29 @@ class JobService:
         if self.local is not None:
             self.local.applied(jobs, [])
 
-    def _existing(
-        self, conn: Connection, job_id: str, *, lock: bool = False, usable: bool = True
-    ) -> JobDef:
-        job = self.store.get(conn, job_id, lock=lock)
+    async def _existing(self, job_id: str, *, usable: bool = True) -> JobDef:
+        job = await self.store.job(job_id)
         if job is None:
             raise JobNotFound(job_id)
+        self._check_usable(job, usable)
+        return job
+
+    def _check_usable(self, job: JobDef, usable: bool = True) -> None:
         if usable and self._broken(job):
             raise InvalidJob(
                 [{"field": "func", "message": "this job's function is not registered any more"}]
             )
-        return job
 
     def _first_time(self, spec: dict[str, Any]) -> datetime | None:
+        """The first fire time after now of a stored trigger spec."""
         trigger = build_trigger(spec, self.settings.zone, jitter=False)
         return fire_time_after(trigger, None, datetime.now(UTC))
 
-    def _trigger_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """The full stored form of a requested trigger (start dates resolved now)."""
-        return trigger_to_spec(build_trigger(spec, self.settings.zone))
+    def _resolve(self, spec: dict[str, Any]) -> tuple[dict[str, Any], datetime | None]:
+        """A requested trigger, built once: its full stored form (start dates resolved
+        now) and its first fire time after now."""
+        trigger, stored = resolve_trigger(spec, self.settings.zone)
+        return stored, fire_time_after(trigger, None, datetime.now(UTC))
 
     def _check_size(self, job: JobDef) -> None:
         """Arguments must be JSON, and at most ``ASYNCAPP_MAX_ARGS_BYTES`` of it.
@@ -749,7 +637,7 @@ class JobService:
         args, kwargs = list(spec.get("args") or []), dict(spec.get("kwargs") or {})
         if check_args:
             self._check_call(func, args, kwargs)
-        trigger = self._trigger_spec(spec["trigger"])
+        trigger, first = self._resolve(spec["trigger"])
         job = JobDef(
             id=job_id,
             func=func,
@@ -772,7 +660,7 @@ class JobService:
         self._check_size(job)
         if spec.get("paused"):
             return job
-        return job.changed(next_run_time=self._first_time(trigger))
+        return job.changed(next_run_time=first)
 
     def _changed(self, job: JobDef, changes: dict[str, Any]) -> JobDef:
         """``job`` with ``changes`` applied and validated, version bumped if anything changed."""
@@ -790,9 +678,9 @@ class JobService:
             values["kwargs"] = dict(changes["kwargs"] or {})
         if changes.get("func") is not None:
             values["func"] = changes["func"]
-        trigger = job.trigger
+        first: datetime | None = None
         if changes.get("trigger") is not None:
-            trigger = values["trigger"] = self._trigger_spec(changes["trigger"])
+            values["trigger"], first = self._resolve(changes["trigger"])
         updated = job.changed(**values)
         self._check_call(updated.func, updated.args, updated.kwargs)
         _check_options(updated)
@@ -800,8 +688,10 @@ class JobService:
         paused = changes.get("paused", job.paused)
         if paused:
             updated = updated.changed(next_run_time=None)
-        elif job.paused or "trigger" in values:
-            updated = updated.changed(next_run_time=self._first_time(trigger), note=None)
+        elif "trigger" in values:
+            updated = updated.changed(next_run_time=first, note=None)
+        elif job.paused:
+            updated = updated.changed(next_run_time=self._first_time(job.trigger), note=None)
         if updated == job:
             return job
         return updated.changed(version=job.version + 1)
@@ -812,6 +702,16 @@ def _same_trigger(stored: JobDef, declared: JobDef) -> bool:
     if stored.damaged is not None or stored.declared is None or declared.declared is None:
         return False
     return bool(stored.declared.get("trigger") == declared.declared.get("trigger"))
+
+
+def _page_errors(limit: int, offset: int) -> list[dict[str, str]]:
+    """What is wrong with a page of ``limit`` (1-1000) items from ``offset`` (>= 0)."""
+    errors = []
+    if not 1 <= limit <= MAX_PAGE:
+        errors.append({"field": "limit", "message": f"must be between 1 and {MAX_PAGE}"})
+    if offset < 0:
+        errors.append({"field": "offset", "message": "must be >= 0"})
+    return errors
 
 
 def _check_options(job: JobDef) -> None:

@@ -273,7 +273,7 @@ async def processes() -> Response:
         regions={"processes": "_processes.html"},
         cluster=await service().processes(),
         counts=await service().job_counts(),
-        database="unavailable" if runtime.db.down_since is not None else "ok",
+        database="unavailable" if runtime.store.down_since is not None else "ok",
         lag=metrics.loop_lag_summary(),
         nav="processes",
     )
