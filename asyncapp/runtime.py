@@ -200,7 +200,7 @@ class Runtime:
                 "asyncapp started on %s (process %s): jobs %d, broken %d, scheduler %s",
                 self.settings.node_name,
                 self.membership.id,
-                len(self.cache.entries()),
+                self.cache.known,
                 len(self.cache.broken),
                 self.scheduler.state_name,
             )
@@ -283,7 +283,12 @@ class Runtime:
         stack.push_async_callback(self._drain)
         membership.start()
         if firing is not None:
-            await firing.open(stack, dispatcher, lambda: self._apply_declarations(self.service))
+            await firing.open(
+                stack,
+                dispatcher,
+                lambda: self._apply_declarations(self.service),
+                share=membership.ranking(),
+            )
             pruner = asyncio.create_task(self._prune_forever(), name="asyncapp-prune")
             stack.push_async_callback(_cancel, pruner)
             _freeze_startup_objects()
@@ -317,7 +322,8 @@ class Runtime:
             "state": fired.state_name if fired is not None else "none",
             "runs_in_progress": parts.dispatcher.running if parts is not None else 0,
             "results_pending": parts.recorder.pending if parts is not None else 0,
-            "jobs": len(fired.cache.entries()) if fired is not None else 0,
+            "jobs": fired.cache.known if fired is not None else 0,
+            "jobs_owned": len(fired.cache.entries()) if fired is not None else 0,
             "broken_jobs": len(fired.cache.broken) if fired is not None else 0,
         }
 
@@ -447,8 +453,8 @@ class Runtime:
     # -- cluster ------------------------------------------------------------------
 
     def _on_live(self, _: list[Process]) -> None:
-        if self._parts is not None:
-            self._parts.dispatcher.rank = self._parts.membership.ranking()
+        if self._parts is not None and self._parts.firing is not None:
+            self._parts.firing.reshard(self._parts.membership.ranking())
 
     def _rerun(self, reruns: list[tuple[Run, JobDef]]) -> None:
         if self._parts is None:

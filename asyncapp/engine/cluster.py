@@ -23,8 +23,8 @@ cancelled; others ended them, and may be running them again), and rejoins
 under a new id: its incarnation.  Claims are made only by a process whose row
 exists (:func:`asyncapp.store.processes.registered`), and run ends only for
 runs the ending process claimed, so nothing of the old incarnation counts as
-its own.  The live list also tells the dispatcher which jobs this process
-claims first.
+its own.  The live list also gives this process its share of the jobs
+(:meth:`Membership.ranking`; see :mod:`asyncapp.engine.cache`).
 
 Change feed.  Every change to a job or to the scheduler adds a row to
 ``asyncapp_changes`` (:mod:`asyncapp.store.jobs`).  Each process reads the rows

@@ -14,14 +14,11 @@ an operator's open transaction) delays that job only: the claim skips it
 (``SKIP LOCKED``) and tries it again after :data:`RETRY_LOCKED`; a claim
 whose lock wait timed out is retried the same way, not taken for an outage.
 
-Spreading runs over processes: every process fires every job, and the claim
-decides; but a process that claims a batch of 2000 due jobs first would win
-them all.  So each process claims at once only the jobs it *prefers* (a hash
-of the job id over the live processes, from the heartbeat table) and the
-others after :data:`SPREAD_DELAY`; if the preferred process is alive it has
-claimed them by then and the late claims lose, cheaply; if it is dead, the
-others take over after that delay.  The delay affects who runs a time, never
-whether it runs once.
+Spreading runs over processes: each process submits only the due times of
+its own share of the jobs (:mod:`asyncapp.engine.cache`) and those the sweep
+took from an owner that fell behind (:mod:`asyncapp.engine.sweep`); every
+submission is claimed at once.  Who submits a time decides who is likely to
+run it, never whether it runs once: that is the claim's.
 
 The dispatcher starts each run it wins through the :class:`~asyncapp.engine.runner.Runner`,
 at most ``ASYNCAPP_MAX_RUNNING`` at once in this process (the others wait
@@ -39,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -60,8 +56,6 @@ log = logging.getLogger("asyncapp.run")
 
 #: Runs started per turn of the loop after a claim (see ``Dispatcher._claim``).
 WAVE = 32
-#: Seconds a process waits before claiming jobs another live process prefers.
-SPREAD_DELAY = 0.25
 #: Seconds before a claim is tried again when its job's row (or SQLite's write
 #: lock) was held by another transaction.
 RETRY_LOCKED = 0.5
@@ -76,6 +70,8 @@ class Submission:
     func: Callable[..., Any]
     #: Set for "run now": resolved with the started run, or the reason it was refused.
     answer: asyncio.Future[Run] | None = None
+    #: Taken by the sweep from another share (its owner fell behind or is gone).
+    swept: bool = False
 
 
 class Hooks:
@@ -114,8 +110,6 @@ class Dispatcher:
         self.process_id = process_id
         self.reasons = reasons
         self.hooks = hooks or Hooks()
-        #: (my index, live processes): which jobs this process claims first.
-        self.rank = (0, 1)
         self._pending: list[Submission] = []
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -164,16 +158,12 @@ class Dispatcher:
             if submission.answer is not None and not submission.answer.done():
                 submission.answer.set_exception(NotRunning("the job executor"))
 
-    def prefers(self, job_id: str) -> bool:
-        index, count = self.rank
-        return count <= 1 or zlib.crc32(job_id.encode()) % count == index
-
     def submit(self, submission: Submission) -> None:
-        """Queue a scheduled claim (from the scheduler, on the loop)."""
-        if self.prefers(submission.job.id):
-            self._queue(submission)
-        else:
-            self._loop.call_later(SPREAD_DELAY, self._queue, submission)
+        """Queue a scheduled claim (from the scheduler or the sweep, on the loop)."""
+        due = submission.due
+        attempted = len(due.times) + (due.folded is not None)
+        metrics.CLAIMS_ATTEMPTED.labels("sweep" if submission.swept else "share").inc(attempted)
+        self._queue(submission)
 
     async def run_now(
         self, job: JobDef, func: Callable[..., Any], *, run_id: str | None = None
