@@ -324,6 +324,7 @@ class Runtime:
             "results_pending": parts.recorder.pending if parts is not None else 0,
             "jobs": fired.cache.known if fired is not None else 0,
             "jobs_owned": len(fired.cache.entries()) if fired is not None else 0,
+            "share": list(fired.cache.share) if fired is not None else [0, 1],
             "broken_jobs": len(fired.cache.broken) if fired is not None else 0,
         }
 
