@@ -20,6 +20,8 @@ window of ``--minutes`` minutes is measured:
 - RSS per process after the window, and claims each process attempted (its share,
   and swept from others) from ``/metrics``.
 
+The servers run with ``ASYNCAPP_PROCESS_TIMEOUT=30`` (see ``simulate``).
+
 It prints a table per N and how each figure grew from the first N to the last, and
 writes ``bench/results/simulate.json``.  Needs the PostgreSQL server at
 127.0.0.1:5432 (database ``test``, trust auth) unless ``--database`` names another.
@@ -135,6 +137,10 @@ def simulate(
             "ASYNCAPP_MAX_JOBS": str(count + 100),
             "ASYNCAPP_METRICS_PUBLIC": "true",
             "ASYNCAPP_ACCESS_LOG": "false",
+            # The PostgreSQL session's idle-in-transaction limit is max(10 s, this):
+            # loading 100,000 jobs while four servers start on two cores holds the
+            # startup read's transaction open longer than 10 s.
+            "ASYNCAPP_PROCESS_TIMEOUT": "30",
         }
         with contextlib.ExitStack() as stack:
             servers: list[tuple[str, procs.Proc]] = []
