@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from asyncapp.engine.cache import JobCache, owns
 from asyncapp.engine.dispatch import Submission
-from asyncapp.engine.sweep import LATE_AFTER, Sweeper, wanted_here
+from asyncapp.engine.sweep import ANYONE_AFTER, LATE_AFTER, Sweeper, backup, wanted_here
 from asyncapp.store.database import Database
 from asyncapp.store.jobs import JobStore
 from asyncapp.store.tables import jobs_table
@@ -134,9 +134,30 @@ async def test_a_job_swept_is_swept_again_only_once_its_stored_time_moved(db: Da
 
 
 def test_wanted_here_skips_the_own_share_broken_and_recently_swept_at_the_same_time() -> None:
+    late = time.time() - 100
+    assert wanted_here(theirs(), late, time.time(), SHARE, set(), None)
+    assert not wanted_here(mine(), late, time.time(), SHARE, set(), None)
+    assert not wanted_here(theirs(), late, time.time(), SHARE, {theirs()}, None)
+    assert not wanted_here(theirs(), late, time.time(), SHARE, set(), (late, time.monotonic()))
+    assert wanted_here(theirs(), late + 10, time.time(), SHARE, set(), (late, time.monotonic()))
+
+
+def test_a_late_time_goes_first_to_one_backup_then_after_a_while_to_anyone() -> None:
+    job_ids = [f"job-{n}" for n in range(300)]
+    shares = [(index, 3) for index in range(3)]
     now = time.time()
-    assert wanted_here(theirs(), 100.0, SHARE, set(), {})
-    assert not wanted_here(mine(), 100.0, SHARE, set(), {})
-    assert not wanted_here(theirs(), 100.0, SHARE, {theirs()}, {})
-    assert not wanted_here(theirs(), 100.0, SHARE, set(), {theirs(): (100.0, now)})
-    assert wanted_here(theirs(), 110.0, SHARE, set(), {theirs(): (100.0, now)})
+    fresh, stale = now - LATE_AFTER, now - ANYONE_AFTER
+
+    for job_id in job_ids:
+        owner = next(share for share in shares if owns(job_id, share))
+        backups = [share for share in shares if backup(job_id, share)]
+        assert len(backups) == 1 and backups[0] != owner
+        takers = [s for s in shares if wanted_here(job_id, fresh, now, s, set(), None)]
+        assert takers == backups
+        anyone = [s for s in shares if wanted_here(job_id, stale, now, s, set(), None)]
+        assert anyone == [s for s in shares if s != owner]
+    # The backups spread over the processes too.
+    counts = [sum(backup(j, share) for j in job_ids) for share in shares]
+    assert all(60 <= n <= 140 for n in counts), counts
+    # With two processes the backup is the other one.
+    assert all(backup(j, (0, 2)) != owns(j, (0, 2)) for j in job_ids)

@@ -129,6 +129,11 @@ class Dispatcher:
         """Runs in progress (or waiting for a slot) in this process."""
         return len(set(self._runs.values()))
 
+    @property
+    def backlog(self) -> int:
+        """Submissions waiting for the next claim transaction."""
+        return len(self._pending)
+
     def run_ids(self) -> list[str]:
         """The runs this process runs now."""
         return list(self._runs)

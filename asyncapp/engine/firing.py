@@ -38,7 +38,7 @@ from asyncapp.engine.cache import JobCache, Share
 from asyncapp.engine.cluster import ChangeFeed
 from asyncapp.engine.dispatch import Dispatcher, Hooks, Submission
 from asyncapp.engine.scheduler import Scheduler
-from asyncapp.engine.sweep import Sweeper
+from asyncapp.engine.sweep import MAX_BACKLOG, Sweeper
 from asyncapp.errors import DatabaseUnavailable, NotRunning
 from asyncapp.model.change import Change
 from asyncapp.model.job import JobDef
@@ -136,6 +136,7 @@ class FiringEngine(Hooks):
             and scheduler.state == STATE_RUNNING
             and not scheduler.held
             and scheduler.stored_state == SCHEDULER_RUNNING
+            and scheduler.dispatcher.backlog < MAX_BACKLOG
         )
 
     async def _stop_sweeping(self) -> None:
