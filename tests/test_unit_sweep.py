@@ -161,3 +161,21 @@ def test_a_late_time_goes_first_to_one_backup_then_after_a_while_to_anyone() -> 
     assert all(60 <= n <= 140 for n in counts), counts
     # With two processes the backup is the other one.
     assert all(backup(j, (0, 2)) != owns(j, (0, 2)) for j in job_ids)
+
+
+class Unread:
+    """A database that must not be read."""
+
+    async def read(self, fn: object) -> object:
+        raise AssertionError("the sweep read the database")
+
+
+async def test_a_process_alone_does_not_even_read(db: Database) -> None:
+    sweep = Sweep(db)
+    sweep.cache.share = (0, 1)
+    sweep.sweeper.db = Unread()  # type: ignore[assignment]
+
+    assert await sweep.sweeper.sweep() == 0
+    sweep.cache.share = (0, 2)
+    with pytest.raises(AssertionError, match="read the database"):
+        await sweep.sweeper.sweep()

@@ -120,8 +120,8 @@ class Sweeper:
 
     async def sweep(self) -> int:
         """One sweep; returns how many jobs it submitted to be claimed."""
-        if not self.can_fire():
-            return 0
+        if self.cache.share[1] <= 1 or not self.can_fire():
+            return 0  # alone, every job is in its own share: nothing to read
         clock = time.monotonic()
         self._swept = {
             job_id: swept for job_id, swept in self._swept.items() if clock - swept[1] < RETRY_AFTER
