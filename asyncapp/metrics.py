@@ -62,8 +62,14 @@ LATENESS = Histogram(
 RUNNING = Gauge(
     "asyncapp_runs_in_progress", "Runs in progress in this process", multiprocess_mode="livesum"
 )
+CLAIMS_ATTEMPTED = Counter(
+    "asyncapp_claims_attempted",
+    "Scheduled times this process tried to claim: of its share, or swept from another",
+    ["path"],
+)
 CLAIMS_LOST = Counter(
-    "asyncapp_claims_lost", "Scheduled times another process claimed first (normal when several)"
+    "asyncapp_claims_lost",
+    "Scheduled times another process claimed first (a sweep racing a late owner, a re-shard)",
 )
 LOOP_LAG = Histogram(
     "asyncapp_event_loop_lag_seconds",

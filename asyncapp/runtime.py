@@ -211,7 +211,7 @@ class Runtime:
                 "asyncapp started on %s (process %s): jobs %d, broken %d, scheduler %s",
                 self.settings.node_name,
                 self.membership.id,
-                len(self.cache.entries()),
+                self.cache.known,
                 len(self.cache.broken),
                 self.scheduler.state_name,
             )
@@ -298,7 +298,7 @@ class Runtime:
         stack.push_async_callback(self._drain)
         membership.start()
         if firing is not None:
-            await firing.open(stack, dispatcher, self._declare)
+            await firing.open(stack, dispatcher, self._declare, share=membership.ranking())
             stack.push_async_callback(self._stop_declaring)
             pruner = asyncio.create_task(self._prune_forever(), name="asyncapp-prune")
             stack.push_async_callback(_cancel, pruner)

@@ -14,10 +14,12 @@ so racing processes start together), on a fresh database per measurement:
 - **B**: two processes race for the same N keys, batches of 100, both in the
   same order, each trying every key.  Every key must be won exactly once:
   ``asyncapp_runs`` holds N rows and the wins the processes report add up to N.
-- **C**: two processes with asyncapp's preference: each claims the keys it
-  prefers (``crc32(job id) % 2 == its index``) at once, then the others once
-  :data:`~asyncapp.engine.dispatch.SPREAD_DELAY` has passed since the start (as the
-  Dispatcher's ``call_later`` does); those late claims should all lose.
+- **C**: two processes with the preference asyncapp used before shares and
+  the sweep: each claims the keys it prefers (``crc32(job id) % 2 == its
+  index``) at once, then the others once :data:`SPREAD_DELAY` has passed since
+  the start; those late claims should all lose.  (asyncapp now claims only
+  its share, the first half of C; late times are swept after 1 s instead,
+  :mod:`asyncapp.engine.sweep`.)
 - **D** (PostgreSQL only): the lease design, built here minimally: a leader
   process checks its lease (holder and fencing epoch, ``FOR SHARE``) and
   inserts N run rows into a queue table in batches of 100, one transaction per
@@ -89,7 +91,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import ExecuteStyle
 
-from asyncapp.engine.dispatch import SPREAD_DELAY
 from asyncapp.model.job import JobDef
 from asyncapp.store.claims import Due, Reasons, claim
 from asyncapp.store.database import Database
@@ -541,8 +542,14 @@ def count_rows(url: str, table: Table, *where: Any) -> int:
 # -- the measurements -------------------------------------------------------------------
 
 
+#: Seconds before row C claims the keys another process prefers (the delay asyncapp's
+#: dispatcher used before shares and the sweep replaced it).
+SPREAD_DELAY = 0.25
+
+
 def prefers(job_id: str, index: int, count: int) -> bool:
-    """asyncapp's ``Dispatcher.prefers``: the job's hash over the live processes."""
+    """asyncapp's share (``asyncapp.engine.cache.owns``): the job's hash over the live
+    processes."""
     return zlib.crc32(job_id.encode()) % count == index
 
 

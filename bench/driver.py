@@ -11,7 +11,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import httpx
@@ -100,6 +100,7 @@ def fan_out(
     lead_s: float,
     timeout_s: float,
     quiet_s: float,
+    on_added: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """M1: ``jobs`` one-shot jobs due at one instant, each a ``call_ms`` upstream call.
 
@@ -108,13 +109,16 @@ def fan_out(
     healthz_ms (GET /healthz sent as soon as the upstream saw the last completion),
     setup_late_s (> 0 means scheduling took longer than the lead time: invalid run).
     Waits for every completion, for ``timeout_s``, or until ``quiet_s`` passed
-    without one, whichever comes first.
+    without one, whichever comes first.  ``on_added`` is called once the jobs are
+    added, before the due time (M6 reads the workers' CPU time there).
     """
     tag = _tag("m1")
     with httpx.Client(timeout=timeout_s + 10) as client:
         due = time.time() + lead_s
         _post(client, f"{stack}/bench/oneshot?n={jobs}&at={due}&ms={call_ms}&tag={tag}")
         setup_late = time.time() - due
+        if on_added is not None:
+            on_added()
         client.get(f"{upstream}/wait?tag={tag}&count={jobs}&timeout={timeout_s}&quiet={quiet_s}")
         before = time.perf_counter()
         client.get(f"{stack}/healthz").raise_for_status()

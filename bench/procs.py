@@ -180,3 +180,29 @@ def peak_rss_mb(pid: int) -> tuple[float, float]:
                 if line.startswith("VmHWM:"):
                     peaks.append(int(line.split()[1]) / 1024.0)
     return (max(peaks, default=0.0), sum(peaks))
+
+
+def workers(pid: int) -> list[int]:
+    """The Hypercorn worker processes under the supervisor ``pid`` (multiprocessing's
+    spawned children; not its resource tracker)."""
+    found = []
+    for child in _tree(pid)[1:]:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if any(b"spawn_main" in arg for arg in argv) and not any(
+                b"resource_tracker" in arg for arg in argv
+            ):
+                found.append(child)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (all its threads), in seconds,
+    from ``/proc/<pid>/stat``; NaN if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    # The command name (field 2) may hold spaces; the fields after its ")" are fixed.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -53,7 +53,11 @@ FIELDS: dict[str, list[tuple[str, str]]] = {
     "M6": [
         (f"w{workers}_{field}", f"-w {workers}: {label}")
         for workers in (1, 2)
-        for field, label in (("makespan_s", "makespan s"), ("done", "jobs done"))
+        for field, label in (
+            ("makespan_s", "makespan s"),
+            ("cpu_s", "CPU s (busiest worker)"),
+            ("done", "jobs done"),
+        )
     ],
 }
 STACK_COLUMNS = ("asyncapp", "quart", "seed", "ceiling")
@@ -139,6 +143,10 @@ TARGETS = [
            lambda r: _get(r, "M6", "asyncapp", "w2_makespan_s")
            / _get(r, "M6", "asyncapp", "w1_makespan_s"),
            lambda v: v <= 0.7),
+    Target("M6", "CPU per worker -w 2 / -w 1 <= 0.6",
+           lambda r: _get(r, "M6", "asyncapp", "w2_cpu_s")
+           / _get(r, "M6", "asyncapp", "w1_cpu_s"),
+           lambda v: v <= 0.6),
     Target("M6", "jobs done with -w 2 / expected = 1",
            lambda r: _get(r, "M6", "asyncapp", "w2_done")
            / _get(r, "M6", "asyncapp", "w2_expected"),

@@ -123,16 +123,29 @@ class Bench:
     def m6(self, stack: str) -> dict[str, float]:
         """M1 with more jobs on ``-w 1`` and ``-w 2``: does a second worker add capacity?
 
-        Both on both CPUs, so the only difference is the second process.
+        Both on both CPUs, so the only difference is the second process.  Besides the
+        makespan, the CPU time (user + system, ``/proc/<pid>/stat``) each worker spends
+        from the moment the jobs are added to the last completion: planning, claiming,
+        running and recording its runs.  ``cpu_s`` is the busiest worker's.
         """
         s = self.sizes
         figures: dict[str, float] = {}
         for workers in (1, 2):
-            with self.serve(stack, workers=workers) as (base, _, _):
+            with self.serve(stack, workers=workers) as (base, proc, _):
+                pids = procs.workers(proc.pid)
+                if len(pids) != workers:
+                    raise RuntimeError(f"found worker processes {pids}, not {workers}")
+                before: dict[int, float] = {}
+
+                def added(pids: list[int] = pids, before: dict[int, float] = before) -> None:
+                    before.update({pid: procs.cpu_seconds(pid) for pid in pids})
+
                 result = driver.fan_out(
                     base, self.upstream, s.m6_jobs, s.m1_call_ms, s.m6_lead_s, s.m1_timeout_s,
-                    s.m1_quiet_s,
+                    s.m1_quiet_s, on_added=added,
                 )  # fmt: skip
+                cpu = [procs.cpu_seconds(pid) - before[pid] for pid in pids]
+            result |= {"cpu_s": max(cpu), "cpu_sum_s": sum(cpu)}
             figures |= {f"w{workers}_{key}": value for key, value in result.items()}
         return figures
 

@@ -8,7 +8,7 @@ from datetime import UTC, timedelta
 
 import pytest
 
-from asyncapp.engine.cache import JobCache
+from asyncapp.engine.cache import JobCache, owns
 from tests.unit_parts import EPOCH, job, registry, tick
 
 S = timedelta(seconds=1)
@@ -223,3 +223,61 @@ def test_a_cached_job_whose_new_version_is_broken_leaves_the_index_and_comes_bac
     cache.put(job(version=3, next_run_time=EPOCH + 10 * S))
     entry = cache.entry("j")
     assert entry is not None and entry.job.version == 3 and cache.broken == {}
+
+
+# -- shares ----------------------------------------------------------------------------
+
+
+def test_shares_give_each_job_id_to_exactly_one_of_the_live_processes() -> None:
+    job_ids = [f"job-{n}" for n in range(300)]
+
+    shares = [[j for j in job_ids if owns(j, (index, 3))] for index in range(3)]
+
+    assert sorted(j for share in shares for j in share) == sorted(job_ids)
+    assert all(60 <= len(share) <= 140 for share in shares), [len(s) for s in shares]
+    assert all(owns(j, (0, 1)) for j in job_ids)
+
+
+def test_the_index_holds_only_the_share_and_the_other_jobs_are_known_by_id() -> None:
+    cache = JobCache(registry(), UTC, share=(1, 2))
+    jobs = [job(f"job-{n}") for n in range(40)]
+
+    cache.load([*jobs, job("lost", func="tests.nowhere:gone")])
+
+    mine = sorted(j.id for j in jobs if owns(j.id, (1, 2)))
+    assert sorted(ids(cache)) == mine and 0 < len(mine) < 40
+    assert cache.known == 40
+    assert cache.others == {j.id for j in jobs} - set(mine)
+    assert set(cache.broken) == {"lost"}  # broken whatever its share
+    theirs = next(iter(cache.others))
+    cache.drop(theirs)
+    assert theirs not in cache.others and cache.known == 39
+
+
+def test_reshard_drops_the_jobs_that_left_the_share_and_returns_those_that_joined() -> None:
+    cache = JobCache(registry(), UTC, share=(0, 2))
+    jobs = {f"job-{n}": job(f"job-{n}") for n in range(60)}
+    cache.load(jobs.values())
+
+    joined = cache.reshard((0, 3))
+
+    before = {j for j in jobs if owns(j, (0, 2))}
+    after = {j for j in jobs if owns(j, (0, 3))}
+    assert set(joined) == after - before
+    # Until the caller has re-read them, the joined jobs are not planned here.
+    assert set(ids(cache)) == before & after
+    for job_id in joined:
+        cache.put(jobs[job_id])
+    assert set(ids(cache)) == after
+    assert cache.known == 60 and cache.others == set(jobs) - after
+    assert cache.reshard((0, 3)) == []
+
+
+def test_a_time_of_another_share_is_not_put_back_into_the_index() -> None:
+    cache = JobCache(registry(), UTC, share=(0, 2))
+    theirs = next(job(f"job-{n}") for n in range(50) if not owns(f"job-{n}", (0, 2)))
+    cache.load([theirs])
+
+    cache.restore(theirs, EPOCH)
+
+    assert ids(cache) == [] and cache.entry(theirs.id) is None

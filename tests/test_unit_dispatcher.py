@@ -1,5 +1,5 @@
 """Dispatcher on its own, over the SQL store on a real SQLite file and a fake runner: batched
-claims, runs started only where won, "run now", spreading by rank, the cap on runs
+claims, runs started only where won, "run now", claims counted by path, the cap on runs
 at once, drain, and what its owner is told when a claim cannot be made."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from asyncapp.constants import (
     BUFFER_ONE,
@@ -24,7 +25,7 @@ from asyncapp.constants import (
     SUCCESS,
     WAITING,
 )
-from asyncapp.engine.dispatch import SPREAD_DELAY, Dispatcher, Hooks, Submission, merged
+from asyncapp.engine.dispatch import Dispatcher, Hooks, Submission, merged
 from asyncapp.engine.recorder import Recorder
 from asyncapp.errors import DatabaseUnavailable, JobBusy, JobNotFound, NotRunning
 from asyncapp.model.change import Actor
@@ -357,46 +358,32 @@ async def test_run_now_on_a_stopped_dispatcher_is_refused(
     assert runner.started == [] and await ledger(store) == []
 
 
-async def test_ranks_share_out_the_job_ids(
-    tmp_path: Path, now: datetime, dispatchers: list[Dispatcher]
-) -> None:
-    unopened = SqlStore.at(f"sqlite:///{tmp_path / 'unused.db'}")  # prefers() reads nothing
-    ranks = [dispatcher(dispatchers, unopened, now, f"p{i}")[0] for i in range(3)]
-    for index, one in enumerate(ranks):
-        one.rank = (index, 3)
-    job_ids = [f"job-{n}" for n in range(300)]
-
-    preferred = {one.process_id: [j for j in job_ids if one.prefers(j)] for one in ranks}
-
-    assert sorted(j for share in preferred.values() for j in share) == sorted(job_ids)
-    assert all(60 <= len(share) <= 140 for share in preferred.values()), preferred
-    alone = ranks[0]
-    alone.rank = (0, 1)
-    assert all(alone.prefers(j) for j in job_ids)
+def attempted(path: str) -> float:
+    """``asyncapp_claims_attempted_total{path=...}`` in this process."""
+    return REGISTRY.get_sample_value("asyncapp_claims_attempted_total", {"path": path}) or 0.0
 
 
-async def test_a_job_another_rank_prefers_is_claimed_only_after_the_spread_delay(
+async def test_every_submission_is_claimed_at_once_and_counted_by_its_path(
     store: WatchedStore, now: datetime, dispatchers: list[Dispatcher]
 ) -> None:
     one, runner = dispatcher(dispatchers, store, now)
-    one.rank = (0, 2)
-    mine = next(job(f"job-{n}", next_run_time=now) for n in range(50) if one.prefers(f"job-{n}"))
-    theirs = next(
-        job(f"job-{n}", next_run_time=now) for n in range(50) if not one.prefers(f"job-{n}")
-    )
-    await insert(store, mine, theirs)
+    mine, swept = job("mine", next_run_time=now), job("swept", next_run_time=now)
+    await insert(store, mine, swept)
     one.start()
+    share, sweep = attempted("share"), attempted("sweep")
+    writes = store.writes
 
-    submitted = datetime.now(UTC)
-    one.submit(submission(theirs, now))
     one.submit(submission(mine, now))
-    first, second = await runner.wait_started(2)
+    taken = submission(swept, now - timedelta(seconds=10), now)
+    taken.swept = True
+    one.submit(taken)
+    started = await runner.wait_started(2)
 
-    assert (first.job_id, second.job_id) == (mine.id, theirs.id)
-    assert second.started_at is not None and first.started_at is not None
-    claimed_after = (second.started_at - submitted).total_seconds()
-    assert claimed_after >= SPREAD_DELAY - 0.01
-    assert first.started_at < second.started_at
+    # No delay for either: both went into the first claim transaction.
+    assert store.writes == writes + 1
+    assert {run.job_id for run in started} == {"mine", "swept"}
+    assert attempted("share") == share + 1
+    assert attempted("sweep") == sweep + 2
 
 
 async def test_at_most_max_running_runs_at_once_the_rest_wait_their_turn(

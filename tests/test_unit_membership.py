@@ -1,6 +1,6 @@
 """Membership on its own, over a fake store and a fake dispatcher and recorder: what it
 learns from a heartbeat or a reaping goes down to the collaborators it was handed
-(fencing, runs ended elsewhere, runs taken over from the dead, the rank)."""
+(fencing, runs ended elsewhere, runs taken over from the dead, the share)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,6 @@ class FakeRuns:
     """The dispatcher as membership sees it."""
 
     def __init__(self, run_ids: list[str]) -> None:
-        self.rank = (0, 1)
         self.running = len(run_ids)
         self.ids = run_ids
         self.fenced: list[str] = []
@@ -80,8 +79,25 @@ class FakeResults:
         return list(self._queued)
 
 
+class FakeFiring:
+    """The firing engine as membership sees it."""
+
+    def __init__(self) -> None:
+        self.shares: list[tuple[int, int]] = []
+
+    def summary(self) -> dict[str, Any]:
+        return {"state": "running", "jobs": 0}
+
+    def reshard(self, share: tuple[int, int]) -> None:
+        self.shares.append(share)
+
+
 def membership(
-    store: FakeStore, runs: FakeRuns, results: FakeResults, process_id: str = "p1"
+    store: FakeStore,
+    runs: FakeRuns,
+    results: FakeResults,
+    process_id: str = "p1",
+    firing: FakeFiring | None = None,
 ) -> Membership:
     return Membership(
         store,  # type: ignore[arg-type]
@@ -91,6 +107,7 @@ def membership(
         tasks=registry(),
         runs=runs,
         results=results,
+        firing=firing,
     )
 
 
@@ -110,14 +127,15 @@ async def test_a_process_found_presumed_dead_fences_its_runs_and_rejoins_under_a
     assert '"runs_in_progress": 1' in row["info"]
 
 
-async def test_each_heartbeat_hands_the_dispatcher_its_rank_among_live_servers() -> None:
+async def test_each_heartbeat_hands_the_firing_engine_its_share_among_live_servers() -> None:
     store, runs, results = FakeStore(), FakeRuns([]), FakeResults("p2", [])
     store.live = [process("p1"), process("p2"), process("cli-1", role="cli"), process("p3")]
-    member = membership(store, runs, results, "p2")
+    firing = FakeFiring()
+    member = membership(store, runs, results, "p2", firing)
 
     await member.beat()
 
-    assert runs.rank == (1, 3)
+    assert firing.shares == [(1, 3)]
     assert member.clock == 2.0 and member.live == store.live
 
 

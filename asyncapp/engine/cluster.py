@@ -25,8 +25,8 @@ cancelled; others ended them, and may be running them again), and rejoins
 under a new id: its incarnation.  Claims are made only by a process whose row
 exists (:func:`asyncapp.store.processes.registered`), and run ends only for
 runs the ending process claimed, so nothing of the old incarnation counts as
-its own.  The live list also tells the dispatcher which jobs this process
-claims first.
+its own.  The live list also gives this process its share of the jobs
+(:meth:`Membership.ranking`; see :mod:`asyncapp.engine.cache`).
 
 Change feed.  Every change to a job or to the scheduler adds a row to
 ``asyncapp_changes`` (:mod:`asyncapp.store.jobs`).  Each process reads the rows
@@ -73,9 +73,6 @@ CLI = "cli"  # a ``flask jobs run`` process: runs one job, fires nothing
 class Runs(Protocol):
     """The runs of this process, as membership needs them (the dispatcher)."""
 
-    #: (this process's index, count) among live firing processes.
-    rank: tuple[int, int]
-
     @property
     def running(self) -> int: ...
 
@@ -109,6 +106,9 @@ class Firing(Protocol):
     def summary(self) -> dict[str, Any]:
         """The scheduler's state and the jobs cached."""
         ...
+
+    def reshard(self, share: tuple[int, int]) -> None:
+        """Fire ``share`` (this process's index, live firing processes) of the jobs."""
 
 
 class Peers(Protocol):
@@ -177,6 +177,8 @@ class Membership:
             "runs_in_progress": self.runs.running,
             "results_pending": self.results.pending,
             "jobs": summary.get("jobs", 0),
+            "jobs_owned": summary.get("jobs_owned", 0),
+            "share": summary.get("share", [0, 1]),
             "broken_jobs": summary.get("broken_jobs", 0),
             **(self.peers.heartbeat_info() if self.peers is not None else {}),
         }
@@ -229,7 +231,8 @@ class Membership:
             self._last_beat = None  # the stretch of current heartbeats starts again
         self._seen(beat)
         self._beaten()
-        self.runs.rank = self.ranking()
+        if self.firing is not None:
+            self.firing.reshard(self.ranking())
 
     async def watch(self) -> None:
         """Reconcile this process's runs with the ledger; reap dead processes, if its

@@ -14,14 +14,11 @@ an operator's open transaction) delays that job only: the claim skips it
 (``SKIP LOCKED``) and tries it again after :data:`RETRY_LOCKED`; a claim
 whose lock wait timed out is retried the same way, not taken for an outage.
 
-Spreading runs over processes: every process fires every job, and the claim
-decides; but a process that claims a batch of 2000 due jobs first would win
-them all.  So each process claims at once only the jobs it *prefers* (a hash
-of the job id over the live processes, from the heartbeat table) and the
-others after :data:`SPREAD_DELAY`; if the preferred process is alive it has
-claimed them by then and the late claims lose, cheaply; if it is dead, the
-others take over after that delay.  The delay affects who runs a time, never
-whether it runs once.
+Spreading runs over processes: each process submits only the due times of
+its own share of the jobs (:mod:`asyncapp.engine.cache`) and those the sweep
+took from an owner that fell behind (:mod:`asyncapp.engine.sweep`); every
+submission is claimed at once.  Who submits a time decides who is likely to
+run it, never whether it runs once: that is the claim's.
 
 Claims are made ``ASYNCAPP_CLAIM_LEAD`` (0.1 s) ahead of the due time (the
 scheduler plans that far ahead), so a run's start does not wait for its
@@ -48,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -70,8 +66,6 @@ WAVE = 32
 #: job left the cache (removed, or a one-shot job that fired): a bound, not a cache size
 #: that matters, since a job still in the cache is found there.
 LATEST_KEPT = 1000
-#: Seconds a process waits before claiming jobs another live process prefers.
-SPREAD_DELAY = 0.25
 #: Seconds before a claim is tried again when its job's row (or SQLite's write
 #: lock) was held by another transaction.
 RETRY_LOCKED = 0.5
@@ -86,6 +80,8 @@ class Submission:
     func: Callable[..., Any]
     #: Set for "run now": resolved with the started run, or the reason it was refused.
     answer: asyncio.Future[Run] | None = None
+    #: Taken by the sweep from another share (its owner fell behind or is gone).
+    swept: bool = False
 
 
 def merged(batch: list[Submission]) -> list[Submission]:
@@ -160,8 +156,6 @@ class Dispatcher:
         self.process_id = process_id
         self.reasons = reasons
         self.hooks = hooks or Hooks()
-        #: (my index, live processes): which jobs this process claims first.
-        self.rank = (0, 1)
         self._pending: list[Submission] = []
         #: The jobs of the claim being written.
         self._claiming: set[str] = set()
@@ -185,6 +179,11 @@ class Dispatcher:
     def running(self) -> int:
         """Runs in progress (or waiting for a slot) in this process."""
         return len(set(self._runs.values()))
+
+    @property
+    def backlog(self) -> int:
+        """Submissions waiting for the next claim transaction."""
+        return len(self._pending)
 
     def run_ids(self) -> list[str]:
         """The runs this process runs now."""
@@ -221,19 +220,12 @@ class Dispatcher:
         touched, self._touched = self._touched, set()
         return touched
 
-    def prefers(self, job_id: str) -> bool:
-        index, count = self.rank
-        return count <= 1 or zlib.crc32(job_id.encode()) % count == index
-
     def submit(self, submission: Submission) -> None:
-        """Queue a scheduled claim (from the scheduler, on the loop)."""
-        if self.prefers(submission.job.id):
-            self._queue(submission)
-        else:
-            # Late on purpose, not stalled: a job firing more often than the delay
-            # must not coalesce each of its times into the next (see Due.final).
-            submission.due.final = True
-            self._loop.call_later(SPREAD_DELAY, self._queue, submission)
+        """Queue a scheduled claim (from the scheduler or the sweep, on the loop)."""
+        due = submission.due
+        attempted = len(due.times) + (due.folded is not None)
+        metrics.CLAIMS_ATTEMPTED.labels("sweep" if submission.swept else "share").inc(attempted)
+        self._queue(submission)
 
     async def run_now(
         self, job: JobDef, func: Callable[..., Any], *, run_id: str | None = None

@@ -1,8 +1,12 @@
 """The firing engine of a server process: what turns stored jobs into claimed due times.
 
-It owns the :class:`~asyncapp.engine.cache.JobCache` of schedulable jobs, the
+It owns the :class:`~asyncapp.engine.cache.JobCache` of schedulable jobs (this
+process's share of them in its index, re-sharded by :meth:`FiringEngine.reshard`
+when the live processes change), the
 :class:`~asyncapp.engine.scheduler.Scheduler` that plans their due times and
-hands them to the dispatcher, the :class:`~asyncapp.engine.cluster.ChangeFeed`
+hands them to the dispatcher, the :class:`~asyncapp.engine.sweep.Sweeper` that
+takes due times other processes left unclaimed, the
+:class:`~asyncapp.engine.cluster.ChangeFeed`
 that keeps the cache current with what other processes commit, and the
 bookkeeping that names why a time was missed (the outages and pauses this
 process saw, in :class:`~asyncapp.store.claims.Reasons`).
@@ -27,6 +31,8 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
+from apscheduler.schedulers.base import STATE_RUNNING
+
 from asyncapp.constants import (
     JOB_PAUSED,
     REMOVED,
@@ -34,10 +40,11 @@ from asyncapp.constants import (
     SCHEDULER_RUNNING,
     SchedulerState,
 )
-from asyncapp.engine.cache import JobCache
+from asyncapp.engine.cache import JobCache, Share
 from asyncapp.engine.cluster import ChangeFeed
 from asyncapp.engine.dispatch import Dispatcher, Hooks, Submission
 from asyncapp.engine.scheduler import Scheduler
+from asyncapp.engine.sweep import MAX_BACKLOG, Sweeper
 from asyncapp.errors import DatabaseUnavailable, NotRunning
 from asyncapp.model.change import Change
 from asyncapp.model.job import JobDef
@@ -70,6 +77,7 @@ class FiringEngine(Hooks):
         self._background: set[asyncio.Task[Any]] = set()
         #: Jobs removed lately (monotonic time of the removal), for :meth:`not_starting`.
         self._removed: dict[str, float] = {}
+        self._sweeping: asyncio.Task[None] | None = None
 
     @property
     def scheduler(self) -> Scheduler:
@@ -88,16 +96,20 @@ class FiringEngine(Hooks):
         stack: AsyncExitStack,
         dispatcher: Dispatcher,
         declare: Callable[[], Awaitable[None]],
+        share: Share = (0, 1),
     ) -> None:
-        """Load the jobs and start firing them through ``dispatcher``.
+        """Load the jobs and start firing ``share`` of them through ``dispatcher``,
+        and sweeping for due times the other shares' owners leave unclaimed.
 
         ``declare`` writes the jobs the code declares; it runs after the feed's
         starting point is marked and before the jobs are loaded, so nothing it
-        commits is missed.  Closing ``stack`` stops the feed and the scheduler.
+        commits is missed.  Closing ``stack`` stops the feed, the sweep and the
+        scheduler.
         """
         await self.feed.mark()
         await declare()
         jobs, state = await self.store.jobs_and_state()
+        self.cache.share = share
         self.cache.load(list(jobs.values()))
         scheduler = self._scheduler = Scheduler(self.cache, dispatcher, lead=self.lead)
         scheduler.stored_state = state
@@ -107,12 +119,46 @@ class FiringEngine(Hooks):
         stack.callback(self._shutdown)
         self.feed.start()
         stack.push_async_callback(self.feed.stop)
+        sweeper = Sweeper(self.store, self.cache, dispatcher.submit, self._can_sweep)
+        self._sweeping = asyncio.create_task(sweeper.forever(), name="asyncapp-sweep")
+        stack.push_async_callback(self._stop_sweeping)
+
+    def reshard(self, share: Share) -> None:
+        """Fire ``share`` of the jobs from now on (the live processes changed)."""
+        before = self.cache.share
+        joined = self.cache.reshard(share)
+        if share != before:
+            log.info(
+                "this process now fires share %d of %d: %d jobs", *share, len(self.cache.entries())
+            )
+        if joined:
+            # Their stored next run time moved on while another process fired them.
+            self._spawn(self._reload(set(joined)))
+
+    def _can_sweep(self) -> bool:
+        scheduler = self._scheduler
+        return (
+            scheduler is not None
+            and scheduler.running
+            and scheduler.state == STATE_RUNNING
+            and not scheduler.held
+            and scheduler.stored_state == SCHEDULER_RUNNING
+            and scheduler.dispatcher.backlog < MAX_BACKLOG
+        )
+
+    async def _stop_sweeping(self) -> None:
+        task, self._sweeping = self._sweeping, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def summary(self) -> dict[str, Any]:
         """The scheduler's state and the jobs cached, for this process's heartbeat row."""
         return {
             "state": self.state_name,
-            "jobs": len(self.cache.entries()),
+            "jobs": self.cache.known,
+            "jobs_owned": len(self.cache.entries()),
+            "share": list(self.cache.share),
             "broken_jobs": len(self.cache.broken),
         }
 
@@ -120,6 +166,8 @@ class FiringEngine(Hooks):
         """Plan nothing more (shutdown: running jobs are drained next)."""
         for task in list(self._background):
             task.cancel()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.pause()
 

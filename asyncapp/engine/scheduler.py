@@ -7,7 +7,10 @@ a wakeup is ours (:meth:`Scheduler._process_jobs`, the method APScheduler
 3.11's timer calls; read from ``apscheduler/schedulers/base.py``, pinned by
 ``apscheduler>=3.11.2,<4``):
 
-- due jobs come from this process's :class:`~asyncapp.engine.cache.JobCache`;
+- due jobs come from this process's :class:`~asyncapp.engine.cache.JobCache`,
+  which indexes only this process's share of the jobs (due times of the
+  other shares are planned by their owners, or taken by the sweep,
+  :mod:`asyncapp.engine.sweep`, when an owner falls behind);
 - each job's due times are planned here (every one of them: coalescing and
   lateness are decided in the claim, so that the times a job skips are
   recorded too, not silently dropped as APScheduler's coalesce does);
@@ -113,21 +116,9 @@ class Scheduler(AsyncIOScheduler):
         horizon = now + self.lead
         deadline = time.perf_counter() + BUDGET
         for entry in self.cache.get_due_jobs(horizon):
-            times, folded, next_time = plan(entry, now, horizon)
-            job = entry.job
-            due = Due(
-                job.id,
-                job.version,
-                times,
-                next_time,
-                coalesce=job.coalesce,
-                misfire_grace_time=job.misfire_grace_time,
-                overlap=job.overlap,
-                folded=folded,
-                ahead=bool(times) and times[-1] > now,
-            )
-            self.dispatcher.submit(Submission(due, job, entry.func))
-            self.cache.advance(entry, next_time)
+            due = due_of(entry, now, horizon)
+            self.dispatcher.submit(Submission(due, entry.job, entry.func))
+            self.cache.advance(entry, due.next_run_time)
             if time.perf_counter() > deadline:
                 return 0.0
         next_run = self.cache.get_next_run_time()
@@ -136,6 +127,24 @@ class Scheduler(AsyncIOScheduler):
         ahead = next_run - self.lead - datetime.now(UTC)
         wait: float = min(max(ahead.total_seconds(), 0.0), TIMEOUT_MAX)
         return wait
+
+
+def due_of(entry: Entry, now: datetime, horizon: datetime | None = None) -> Due:
+    """What to claim for ``entry`` at ``now``: its due times up to ``horizon`` (default
+    ``now``; later with the claim lead) as :func:`plan` finds them."""
+    times, folded, next_time = plan(entry, now, horizon)
+    job = entry.job
+    return Due(
+        job.id,
+        job.version,
+        times,
+        next_time,
+        coalesce=job.coalesce,
+        misfire_grace_time=job.misfire_grace_time,
+        overlap=job.overlap,
+        folded=folded,
+        ahead=bool(times) and times[-1] > now,
+    )
 
 
 def plan(

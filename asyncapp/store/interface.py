@@ -344,6 +344,18 @@ class Store(Protocol):
         self, *, action: str, job_id: str | None, actor: Actor, detail: dict[str, Any]
     ) -> None: ...
 
+    async def overdue_jobs(
+        self,
+        before: float,
+        funcs: list[str],
+        limit: int,
+        choose: Callable[[list[tuple[str, float]]], list[str]],
+    ) -> list[JobDef]:
+        """The jobs ``choose`` picks among those due before ``before`` (epoch seconds,
+        along the index on the stored next run time) whose function is one of ``funcs``:
+        (id, stored next run time), oldest first, at most ``limit``; as stored now."""
+        ...
+
     # -- housekeeping -----------------------------------------------------------------
 
     async def prune_answers(self, before: float) -> int: ...

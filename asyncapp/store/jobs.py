@@ -185,6 +185,27 @@ class JobStore:
                 found[row.id] = load(row)
         return found
 
+    def overdue(
+        self, conn: Connection, before: float, funcs: list[str], limit: int
+    ) -> list[tuple[str, float]]:
+        """(id, stored next run time) of the jobs due before ``before`` (UTC epoch
+        seconds) whose function is one of ``funcs``, oldest first, at most ``limit``.
+
+        A claim advances the stored time of the times it takes, so these are times
+        no process claimed.  Paused jobs (NULL) never match; the range is read
+        along the index on ``next_run_time`` and is empty while every process
+        keeps up.
+        """
+        if not funcs:
+            return []
+        query = (
+            select(jobs_table.c.id, jobs_table.c.next_run_time)
+            .where(jobs_table.c.next_run_time < before, jobs_table.c.func.in_(funcs))
+            .order_by(jobs_table.c.next_run_time)
+            .limit(limit)
+        )
+        return [(row.id, row.next_run_time) for row in conn.execute(query)]
+
     def count(self, conn: Connection) -> int:
         return int(conn.execute(select(func.count()).select_from(jobs_table)).scalar_one())
 

@@ -235,6 +235,22 @@ class SqlJobs:
 
         await self.db.write(change)
 
+    async def overdue_jobs(
+        self,
+        before: float,
+        funcs: list[str],
+        limit: int,
+        choose: Callable[[list[tuple[str, float]]], list[str]],
+    ) -> list[JobDef]:
+        rows = self.rows
+
+        def read(conn: Connection) -> list[JobDef]:
+            wanted = choose(rows.overdue(conn, before, funcs, limit))
+            found = rows.some(conn, wanted)
+            return [found[job_id] for job_id in wanted if job_id in found]
+
+        return await self.db.read(read)
+
     def _skipped(
         self, conn: Connection, skipped: Skipping | None, before: JobDef, after: JobDef
     ) -> None:
